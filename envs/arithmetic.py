@@ -1,0 +1,204 @@
+"""The verifiable-arithmetic simulation backend: a tiny character-level policy on npo_lab.tasks.arithmetic.
+
+Implements :class:`npo_lab.backend.Backend`. A prompt id is an index into the task's training split.
+Checkpoints are in-memory copies of the weights plus the sampling generator's state, so NPO's look-ahead
+and rollback cost a state-dict copy here (a disk checkpoint in the Qwen3-VL backend).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from npo_lab.envs.charlm import TinyCharLM
+from npo_lab.envs.config import TinyLMConfig
+from torch import Tensor, nn
+
+from npo_lab.backend import Checkpoint, clone_state
+from npo_lab.batch import RolloutBatch
+from npo_lab.tasks.arithmetic import (
+    END,
+    ArithmeticConfig,
+    Problem,
+    format_completion,
+    make_problem,
+    make_splits,
+    score,
+)
+
+VOCAB = "0123456789+*%=:$."  # '.' pads after the end token '$'
+STOI = {c: i for i, c in enumerate(VOCAB)}
+PAD, END_ID = STOI["."], STOI[END]
+
+
+def encode(s: str) -> list[int]:
+    return [STOI[c] for c in s]
+
+
+def decode(ids: Sequence[int]) -> str:
+    return "".join(VOCAB[i] for i in ids if i != PAD)
+
+
+class ArithmeticBackend:
+    """Tiny char-LM policy on the arithmetic task, with a deterministic supervised warm start."""
+
+    def __init__(self, task: ArithmeticConfig, model: TinyLMConfig, seed: int = 0, warm_start: bool = True) -> None:
+        self.task, self.cfg, self.seed = task, model, seed
+        self.train_set, self.eval_set = make_splits(task)
+        self.prompt_len = 2 * task.digits + 2
+        self.max_new = task.max_completion_len
+        with torch.random.fork_rng():  # the initial weights depend on `seed` only
+            torch.manual_seed(seed)
+            self.model = TinyCharLM(
+                len(VOCAB), self.prompt_len + self.max_new, model.d_model, model.n_layer, model.n_head
+            )
+        self._shadow: TinyCharLM | None = None  # second copy for sampling from a saved checkpoint
+        self._train_prompts = torch.tensor([encode(p.prompt) for p in self.train_set])  # (N, P)
+        self._eval_prompts = torch.tensor([encode(p.prompt) for p in self.eval_set])  # (N_eval, P)
+        self.gen = torch.Generator().manual_seed(seed + 7919)
+        self.warm_start_loss = float("nan")
+        if warm_start and model.warm_steps > 0:
+            self.warm_start_loss = self._warm_start()
+
+    # ---- the Backend protocol -------------------------------------------------------------------
+    def rollout(self, prompt_ids: Sequence[int], n: int, policy: Checkpoint | None = None) -> RolloutBatch:
+        pids = torch.tensor(list(prompt_ids), dtype=torch.long).repeat_interleave(n)  # (B,)
+        net = self._policy_model(policy)
+        comps, mask, logp = self._sample(net, self._train_prompts[pids], greedy=False)
+        rewards = torch.tensor(
+            [
+                score(decode(c.tolist()), self.train_set[p].answer, self.task.reverse_answer)
+                for c, p in zip(comps, pids.tolist())
+            ]
+        )
+        lengths = mask.sum(-1).long().tolist()
+        extras = [{"pid": p, "completion": c[:n_tok]} for p, c, n_tok in zip(pids.tolist(), comps, lengths)]
+        return RolloutBatch.from_rows(
+            behavior_logprobs=logp, mask=mask, rewards=rewards, group_ids=pids, extras=extras
+        )
+
+    def logprobs(self, batch: RolloutBatch, policy: Checkpoint | None = None) -> tuple[Tensor, Tensor | None]:
+        net = self._policy_model(policy)
+        t = batch.mask.shape[1]
+        prompts = self._train_prompts[torch.tensor([e["pid"] for e in batch.extras], dtype=torch.long)]  # (B, P)
+        comps = torch.full((batch.size, t), PAD, dtype=torch.long)  # (B, T)
+        for i, e in enumerate(batch.extras):
+            comps[i, : len(e["completion"])] = e["completion"]
+        inputs = torch.cat([prompts, comps[:, :-1]], 1)  # (B, P + T - 1)
+        logits, _ = net(inputs)
+        logits = logits[:, self.prompt_len - 1 :] / self.cfg.temperature  # (B, T, V): predicts comps
+        logp_all = F.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, comps.unsqueeze(-1)).squeeze(-1) * batch.mask  # (B, T)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, T)
+        return logp, entropy
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def save(self) -> Checkpoint:
+        return {"weights": clone_state(self.model.state_dict()), "rng": self.gen.get_state()}
+
+    def load(self, checkpoint: Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint["weights"])
+        self.gen.set_state(checkpoint["rng"])
+
+    # ---- evaluation and helpers ------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy on the held-out split."""
+        comps, _, _ = self._sample(self.model, self._eval_prompts, greedy=True)
+        correct = [score(decode(c.tolist()), p.answer, self.task.reverse_answer) for c, p in zip(comps, self.eval_set)]
+        return {"eval/accuracy": sum(correct) / len(correct)}
+
+    def decode_batch(self, batch: RolloutBatch) -> list[str]:
+        """The completions of a batch as text (for inspection and notebooks)."""
+        return [decode(e["completion"].tolist()) for e in batch.extras]
+
+    def _policy_model(self, policy: Checkpoint | None) -> TinyCharLM:
+        if policy is None:
+            return self.model
+        if self._shadow is None:
+            self._shadow = copy.deepcopy(self.model)
+            self._shadow.requires_grad_(False)
+        self._shadow.load_state_dict(policy["weights"])
+        return self._shadow
+
+    @torch.no_grad()
+    def _sample(self, net: TinyCharLM, prompts: Tensor, greedy: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Batched sampling with a KV cache. Returns completions (B, T) padded with PAD, mask (B, T) and
+        the sampling log-probs (B, T); T is the longest completion in the batch."""
+        b = prompts.shape[0]
+        logits, cache = net(prompts)
+        last = logits[:, -1]  # (B, V)
+        done = torch.zeros(b, dtype=torch.bool)
+        toks, lps, masks = [], [], []
+        for i in range(self.max_new):
+            logp_all = F.log_softmax(last / self.cfg.temperature, -1)
+            if greedy:
+                tok = logp_all.argmax(-1)
+            else:
+                tok = torch.multinomial(logp_all.exp(), 1, generator=self.gen).squeeze(-1)
+            live = ~done
+            tok = torch.where(live, tok, torch.full_like(tok, PAD))
+            toks.append(tok)
+            lps.append(logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1) * live)
+            masks.append(live.float())
+            done = done | (tok == END_ID)
+            if bool(done.all()) or i == self.max_new - 1:
+                break
+            logits, cache = net(tok.unsqueeze(1), cache, start=self.prompt_len + i)
+            last = logits[:, -1]
+        return torch.stack(toks, 1), torch.stack(masks, 1), torch.stack(lps, 1)
+
+    def _warm_start(self) -> float:
+        """Supervised steps on easier problems (plus a few full ones) in several completion styles."""
+        rng = random.Random(self.seed * 31 + 17)
+        cfg, task = self.cfg, self.task
+        styles = [s for s in cfg.warm_styles.split(",") if s]
+        eval_pairs = {(p.a, p.b) for p in self.eval_set}
+        easy_hi = 10 ** min(cfg.warm_easy_digits, task.digits)
+        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.warm_lr)
+        loss_val = float("nan")
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            for _ in range(cfg.warm_steps):
+                probs: list[Problem] = []
+                while len(probs) < cfg.warm_batch:
+                    if rng.random() < cfg.warm_full_frac:
+                        probs.append(self.train_set[rng.randrange(len(self.train_set))])
+                        continue
+                    a, b = rng.randrange(easy_hi), rng.randrange(easy_hi)
+                    if (a, b) not in eval_pairs:
+                        probs.append(make_problem(a, b, task))
+                seqs = [encode(p.prompt + format_completion(p, task, rng.choice(styles))) for p in probs]
+                t = max(len(s) for s in seqs)
+                x = torch.full((len(seqs), t), PAD, dtype=torch.long)
+                for i, s in enumerate(seqs):
+                    x[i, : len(s)] = torch.tensor(s)
+                logits, _ = self.model(x[:, :-1])
+                target = x[:, 1:].clone()
+                target[:, : self.prompt_len - 1] = -100  # loss on completion tokens only
+                target[target == PAD] = -100
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_val = loss.item()
+        return loss_val
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "prompt_len": self.prompt_len,
+            "max_new_tokens": self.max_new,
+            "n_train": len(self.train_set),
+            "n_eval": len(self.eval_set),
+        }
+
+
+def make_arithmetic_backend(task: ArithmeticConfig, model: TinyLMConfig, seed: int) -> ArithmeticBackend:
+    """Picklable factory used by ``npo-lab compare`` (``functools.partial(make_arithmetic_backend, task, model)``)."""
+    return ArithmeticBackend(task, model, seed=seed)

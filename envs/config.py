@@ -1,0 +1,52 @@
+"""Configuration of the small backends (standard library only, so the CLI can build --help cheaply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TinyLMConfig:
+    """The tiny character-level transformer policy and its supervised warm start."""
+
+    d_model: int = 64
+    """Embedding width."""
+    n_layer: int = 2
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads (must divide d_model)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (1.0 keeps behaviour log-probs equal to the policy's)."""
+    warm_steps: int = 300
+    """Supervised warm-start steps, so RL starts with low but non-zero success. [assumption, tuned]"""
+    warm_lr: float = 3e-3
+    """Warm-start Adam learning rate."""
+    warm_batch: int = 64
+    """Warm-start batch size."""
+    warm_easy_digits: int = 2
+    """Warm-start problems have operands of at most this many significant digits (easier problems),
+    padded to the task's digits in the prompt."""
+    warm_full_frac: float = 0.1
+    """Fraction of warm-start problems drawn at full difficulty from the training split."""
+    warm_styles: str = "bare,padded,scratch"
+    """Completion styles of the warm-start targets, sampled uniformly (several valid trajectories per problem)."""
+
+    def __post_init__(self) -> None:
+        if self.d_model < 8 or self.n_head < 1 or self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be >= 8 and divisible by model.n_head ({self.n_head})"
+            )
+        if self.n_layer < 1:
+            raise ValueError(f"model.n_layer must be >= 1, got {self.n_layer}")
+        if self.temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {self.temperature}")
+        if self.warm_steps < 0 or self.warm_batch < 1 or self.warm_lr <= 0:
+            raise ValueError("model.warm_steps must be >= 0, model.warm_batch >= 1 and model.warm_lr > 0")
+        if not 0.0 <= self.warm_full_frac <= 1.0:
+            raise ValueError(f"model.warm_full_frac must be in [0, 1], got {self.warm_full_frac}")
+        styles = [s for s in self.warm_styles.split(",") if s]
+        bad = [s for s in styles if s not in ("bare", "padded", "scratch")]
+        if not styles or bad:
+            raise ValueError(
+                f"model.warm_styles must be a comma list of bare, padded, scratch; got {self.warm_styles!r}"
+            )

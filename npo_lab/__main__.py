@@ -1,0 +1,3 @@
+from npo_lab.cli import main
+
+raise SystemExit(main())

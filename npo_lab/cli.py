@@ -1,0 +1,331 @@
+"""``npo-lab``: the composition root, the only module that names a backend.
+
+    npo-lab compare [--config FILE] [flags]   GRPO vs NPO over seeds -> report.md, curves.png, results.json
+    npo-lab train   [--config FILE] [flags]   one method, one seed -> metrics.csv, TensorBoard, checkpoints
+
+Every flag comes from a typed, documented config field (``--help`` lists them). ``--config`` reads a TOML or
+JSON file with the same names (nested sections ``[task]``, ``[model]``, ``[grpo]``, ``[npo]``); flags given
+on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import shlex
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.envs.config import TinyLMConfig
+from npo_lab.tasks.arithmetic import ArithmeticConfig
+
+METHOD_NAMES = ("grpo", "npo")
+
+
+@dataclass
+class CompareCommand(RunConfig):
+    """Compare methods on the built-in verifiable arithmetic task over several seeds."""
+
+    steps: int = 400
+    """Training steps per run (look-ahead steps are extra and reported separately)."""
+    eval_every: int = 20
+    """Evaluate every this many steps (and at the first and last step)."""
+    tensorboard: bool = False
+    """Also write TensorBoard files for every run (CSV metrics are always written)."""
+    methods: str = "grpo,npo"
+    """Comma-separated methods; the first is the baseline for the target and the speed-ups."""
+    seeds: int = 4
+    """Number of seeds (seeds first_seed .. first_seed + seeds - 1)."""
+    first_seed: int = 0
+    """First seed."""
+    out: str = "runs/compare"
+    """Output folder for report.md, curves.png, results.json, config.json and per-run metrics."""
+    workers: int = 0
+    """Worker processes (one seed each at a time); 0 = min(seeds, CPU cores, 2)."""
+    target: float = 0.0
+    """Target eval accuracy for 'steps to target'; 0 = target_fraction x the baseline's median final accuracy."""
+    target_fraction: float = 0.9
+    """Used when target is 0. [assumption: 90% of GRPO's final accuracy, in the spirit of RLEP's 'steps to
+    reach the baseline's peak']"""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the confidence intervals."""
+    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    model: TinyLMConfig = field(default_factory=TinyLMConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    npo: NPOConfig = field(default_factory=NPOConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = [m.strip() for m in self.methods.split(",") if m.strip()]
+        bad = [m for m in names if m not in METHOD_NAMES]
+        if not names or bad:
+            raise ValueError(
+                f"methods must be a comma list of {list(METHOD_NAMES)}, got unknown {bad or self.methods!r}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"methods lists a method twice: {self.methods!r}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"target must be in [0, 1], got {self.target}")
+        if not 0.0 < self.target_fraction <= 1.0:
+            raise ValueError(f"target_fraction must be in (0, 1], got {self.target_fraction}")
+        if self.bootstrap < 100:
+            raise ValueError(f"bootstrap must be >= 100, got {self.bootstrap}")
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+
+@dataclass
+class TrainCommand(RunConfig):
+    """Train one method on one seed, logging to CSV and TensorBoard and saving checkpoints."""
+
+    method: str = "npo"
+    """Method: grpo or npo."""
+    seed: int = 0
+    """Seed of the run (model init, warm start, sampling)."""
+    out: str = "runs"
+    """Parent folder; the run writes to <out>/<task>__<method>__<seed>__<unix time>/."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    model: TinyLMConfig = field(default_factory=TinyLMConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    npo: NPOConfig = field(default_factory=NPOConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in METHOD_NAMES:
+            near = difflib.get_close_matches(self.method, METHOD_NAMES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"method must be one of {list(METHOD_NAMES)}, got {self.method!r}{hint}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+COMMANDS: dict[str, type] = {"compare": CompareCommand, "train": TrainCommand}
+
+
+# ---- config files ----------------------------------------------------------------------------------
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from nested ``data``; unknown keys are rejected with the nearest valid name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or '<top>'} must be a table/object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        full = f"{where}{k}"
+        if k not in names:
+            near = difflib.get_close_matches(k, sorted(names), n=1)
+            hint = f"; did you mean '{where}{near[0]}'?" if near else ""
+            raise ValueError(f"unknown config key {full!r}{hint} (valid keys here: {', '.join(sorted(names))})")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = from_dict(tp, value, f"{full}.")
+        elif typing.get_origin(tp) is tuple:
+            kwargs[k] = tuple(value) if isinstance(value, list | tuple) else value
+        else:
+            kwargs[k] = value
+    return cls(**kwargs)
+
+
+def load_config_file(cls: type, path: str) -> Any:
+    """Read a TOML (.toml) or JSON (.json) config file into ``cls``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"config file {path} must end in .toml or .json")
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"config file {path} could not be parsed: {e}") from e
+    return from_dict(cls, data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a JSON-able nested dict (the format ``--config`` reads back)."""
+    d = dataclasses.asdict(cfg)
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, tuple):
+            return list(x)
+        return x
+
+    return fix(d)
+
+
+def parse(command: str, argv: list[str]) -> Any:
+    """Parse ``argv`` (after the sub-command) into the command's config, honouring ``--config FILE``."""
+    import tyro
+
+    cls = COMMANDS[command]
+    default = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            default = load_config_file(cls, argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--config="):
+            default = load_config_file(cls, a.split("=", 1)[1])
+        else:
+            rest.append(a)
+        i += 1
+    kwargs: dict[str, Any] = {"prog": f"npo-lab {command}", "args": rest}
+    if default is not None:
+        kwargs["default"] = default
+    return tyro.cli(cls, **kwargs)
+
+
+# ---- commands --------------------------------------------------------------------------------------
+def backend_factory(task: ArithmeticConfig, model: TinyLMConfig) -> Any:
+    from npo_lab.envs.arithmetic import make_arithmetic_backend
+
+    return functools.partial(make_arithmetic_backend, task, model)
+
+
+def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
+    from npo_lab.compare import compare
+
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+    run = RunConfig(
+        steps=cfg.steps,
+        eval_every=cfg.eval_every,
+        final_evals=cfg.final_evals,
+        checkpoint_every=cfg.checkpoint_every,
+        tensorboard=cfg.tensorboard,
+    )
+    doc = compare(
+        backend_factory(cfg.task, cfg.model),
+        cfg.method_list,
+        seeds,
+        run,
+        cfg.grpo,
+        cfg.npo,
+        cfg.out,
+        workers=cfg.workers,
+        target=cfg.target or None,
+        target_fraction=cfg.target_fraction,
+        n_boot=cfg.bootstrap,
+        command=command,
+        config_doc=to_dict(cfg),
+    )
+    print(Path(cfg.out, "report.md").read_text())
+    return doc
+
+
+def run_train(cfg: TrainCommand) -> Any:
+    import torch
+
+    from npo_lab.checkpoint import save_training_checkpoint
+    from npo_lab.metrics import CSVLogger, MultiLogger, TensorBoardLogger
+    from npo_lab.trainer import make_state, train
+    from npo_lab.utils import seed_everything
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.out) / f"{cfg.task.name}__{cfg.method}__{cfg.seed}__{int(time.time())}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    print(f"run folder: {run_dir}")
+    print("| parameter | value |\n|---|---|")
+    for k, v in _flatten(to_dict(cfg)).items():
+        print(f"| {k} | {v} |")
+    seed_everything(cfg.seed)
+    backend = backend_factory(cfg.task, cfg.model)(cfg.seed)
+    state = make_state(backend, len(backend.train_set), cfg.grpo, cfg.seed)
+    loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
+    if cfg.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir))
+    logger = MultiLogger(*loggers)
+
+    def save(st: Any) -> None:
+        p = save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st)
+        (run_dir / "checkpoints" / "latest").write_text(p.name + "\n")
+
+    from tqdm import tqdm
+
+    with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step") as bar:
+        res = train(
+            state,
+            cfg.method,
+            cfg,
+            cfg.grpo,
+            cfg.npo,
+            backend.evaluate,
+            seed=cfg.seed,
+            logger=logger,
+            on_step=bar.update,
+            save_checkpoint=save,
+        )
+    logger.close()
+    (run_dir / "result.json").write_text(json.dumps(dataclasses.asdict(res), indent=2) + "\n")
+    print(
+        f"final accuracy {res.final_accuracy:.3f} after {cfg.steps} steps (+{res.lookahead_steps} look-ahead), "
+        f"{res.wall_s:.1f} s; metrics in {run_dir}"
+    )
+    return res
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+USAGE = __doc__ or ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.strip())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        near = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(f"npo-lab: unknown command {command!r}{hint}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = parse(command, rest)
+    except ValueError as e:  # config validation: stop before any work, naming the field
+        print(f"npo-lab {command}: error: {e}", file=sys.stderr)
+        return 2
+    if command == "compare":
+        run_compare(cfg, shlex.join(["npo-lab", "compare", *argv[1:]]))
+    else:
+        run_train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

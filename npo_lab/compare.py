@@ -1,0 +1,302 @@
+"""Run several methods over several seeds, side by side, and report medians with bootstrap CIs.
+
+Backend-neutral: it receives a picklable ``make_backend(seed)`` factory from the composition root
+(:mod:`npo_lab.cli`). Each worker process takes one seed: it builds (and warm-starts) the backend once,
+then trains every method from that same starting checkpoint, so methods are compared on paired seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.metrics import CSVLogger
+from npo_lab.stats import bootstrap_ci, median_band, steps_to_target
+
+
+@dataclass
+class SeedJob:
+    seed: int
+    methods: list[str]
+    make_backend: Callable[[int], Any]
+    run: RunConfig
+    grpo: GRPOConfig
+    npo: NPOConfig
+    out: str
+    threads: int = 1
+
+
+def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
+    """Train every method of ``job`` on one seed (in a worker process). Returns RunResult dicts."""
+    import torch
+
+    from npo_lab.trainer import make_state, train
+    from npo_lab.utils import seed_everything
+
+    torch.set_num_threads(job.threads)
+    seed_everything(job.seed)
+    t0 = time.perf_counter()
+    backend = job.make_backend(job.seed)
+    setup_s = time.perf_counter() - t0
+    start = backend.save()
+    results = []
+    for method in job.methods:
+        backend.load(start)
+        seed_everything(job.seed)
+        state = make_state(backend, len(backend.train_set), job.grpo, job.seed)
+        run_dir = Path(job.out) / "runs" / f"{method}__seed{job.seed}"
+        logger = CSVLogger(run_dir / "metrics.csv")
+
+        def tick(n: int) -> None:
+            if progress is not None:
+                progress.put(n)
+
+        res = train(
+            state, method, job.run, job.grpo, job.npo, backend.evaluate, seed=job.seed, logger=logger, on_step=tick
+        )
+        logger.close()
+        d = asdict(res)
+        d["setup_s"] = setup_s
+        d["delta"] = job.npo.delta if method == "npo" else 0
+        results.append(d)
+    return results
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _summary(values: list[float], n_boot: int) -> dict[str, Any]:
+    m, lo, hi = bootstrap_ci(values, "median", n_boot)
+    return {"median": _finite_or_none(m), "ci95": [_finite_or_none(lo), _finite_or_none(hi)]}
+
+
+def lookahead_before(res: dict[str, Any], step: float) -> int:
+    """Look-ahead steps spent at interventions before ``step`` (counted in the compute-adjusted speed)."""
+    return sum(res["delta"] for s in res["interventions"] if s < step)
+
+
+def aggregate(
+    results: list[dict[str, Any]], methods: list[str], target: float | None, target_fraction: float, n_boot: int
+) -> dict[str, Any]:
+    """The results.json document: per-method medians and CIs over seeds, and speed-ups vs the first method."""
+    by_method = {m: sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"]) for m in methods}
+    baseline = methods[0]
+    if target is None:
+        base_final = float(np.median([r["final_accuracy"] for r in by_method[baseline]]))
+        target = target_fraction * base_final
+    out: dict[str, Any] = {
+        "target_accuracy": target,
+        "target_rule": f"{target_fraction} x median final accuracy of {baseline}" if target is not None else "",
+        "baseline": baseline,
+        "methods": {},
+    }
+    for m, runs in by_method.items():
+        per_seed = []
+        for r in runs:
+            s = steps_to_target(r["evals"], target)
+            per_seed.append(
+                {
+                    "seed": r["seed"],
+                    "final_accuracy": r["final_accuracy"],
+                    "steps_to_target": _finite_or_none(s),
+                    "steps_to_target_with_lookahead": (
+                        _finite_or_none(s + lookahead_before(r, s)) if math.isfinite(s) else None
+                    ),
+                    "lookahead_steps": r["lookahead_steps"],
+                    "lookahead_s": r["lookahead_s"],
+                    "wall_s": r["wall_s"],
+                    "interventions": r["interventions"],
+                    "evals": r["evals"],
+                }
+            )
+        inf = float("inf")
+        stt = [p["steps_to_target"] if p["steps_to_target"] is not None else inf for p in per_seed]
+        stt_la = [
+            p["steps_to_target_with_lookahead"] if p["steps_to_target_with_lookahead"] is not None else inf
+            for p in per_seed
+        ]
+        out["methods"][m] = {
+            "final_accuracy": _summary([p["final_accuracy"] for p in per_seed], n_boot),
+            "steps_to_target": _summary(stt, n_boot),
+            "steps_to_target_with_lookahead": _summary(stt_la, n_boot),
+            "reached_target": sum(math.isfinite(s) for s in stt),
+            "lookahead_steps": int(np.median([p["lookahead_steps"] for p in per_seed])),
+            "lookahead_s": float(np.median([p["lookahead_s"] for p in per_seed])),
+            "wall_s": float(np.median([p["wall_s"] for p in per_seed])),
+            "per_seed": per_seed,
+        }
+    base = out["methods"][baseline]["steps_to_target"]["median"]
+    for m in methods:
+        mm = out["methods"][m]
+        for key, src in (("speedup", "steps_to_target"), ("speedup_with_lookahead", "steps_to_target_with_lookahead")):
+            v = mm[src]["median"]
+            mm[key] = base / v if (base is not None and v) else None
+    return out
+
+
+def _fmt(s: dict[str, Any], digits: int = 3) -> str:
+    def f(x: float | None) -> str:
+        return "not reached" if x is None else (f"{x:.{digits}f}" if digits else f"{x:.0f}")
+
+    return f"{f(s['median'])} [{f(s['ci95'][0])}, {f(s['ci95'][1])}]"
+
+
+def write_report(doc: dict[str, Any], path: Path, command: str, seeds: list[int], wall_s: float) -> None:
+    """report.md: one row per method, the target rule, and the command that reproduces the run."""
+    lines = [
+        "# npo-lab compare",
+        "",
+        f"Seeds: {seeds}. Target accuracy: **{doc['target_accuracy']:.3f}** ({doc['target_rule']}).",
+        "Medians over seeds with 95% percentile-bootstrap confidence intervals in brackets. Steps count training",
+        "steps; '+ look-ahead' adds the extra steps NPO trained ahead (and rolled back) before reaching the target.",
+        "",
+        "| method | final accuracy | steps to target | steps to target + look-ahead | reached | speed-up vs "
+        f"{doc['baseline']} (with look-ahead) | look-ahead cost | wall time / run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, r in doc["methods"].items():
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        spl = "-" if r["speedup_with_lookahead"] is None else f"{r['speedup_with_lookahead']:.2f}x"
+        lines.append(
+            f"| {m} | {_fmt(r['final_accuracy'])} | {_fmt(r['steps_to_target'], 0)} | "
+            f"{_fmt(r['steps_to_target_with_lookahead'], 0)} | {r['reached_target']}/{len(r['per_seed'])} | "
+            f"{sp} ({spl}) | {r['lookahead_steps']} steps, {r['lookahead_s']:.1f} s | {r['wall_s']:.1f} s |"
+        )
+    lines += [
+        "",
+        "![curves](curves.png)",
+        "",
+        f"Total wall time: {wall_s:.0f} s. Per-run metrics: `runs/<method>__seed<k>/metrics.csv`; "
+        "machine-readable results: `results.json`; the full configuration: `config.json`.",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot_curves(doc: dict[str, Any], path: Path, n_boot: int = 1000) -> None:
+    """curves.png: eval accuracy vs training step (left) and vs steps including look-ahead (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (m, r) in enumerate(doc["methods"].items()):
+        c = colors[i % len(colors)]
+        steps = np.array([s for s, _ in r["per_seed"][0]["evals"]], dtype=float)
+        curves = np.array([[a for _, a in p["evals"]] for p in r["per_seed"]])  # (n_seeds, n_evals)
+        med, lo, hi = median_band(curves, n_boot)
+        label = f"{m} (n={curves.shape[0]})"
+        axes[0].plot(steps, med, color=c, label=label)
+        axes[0].fill_between(steps, lo, hi, color=c, alpha=0.2)
+        p0 = r["per_seed"][0]
+        delta = p0["lookahead_steps"] / max(len(p0["interventions"]), 1)
+        compute = steps + np.array([sum(delta for s in p0["interventions"] if s < x) for x in steps])
+        axes[1].plot(compute, med, color=c, label=label)
+        axes[1].fill_between(compute, lo, hi, color=c, alpha=0.2)
+        for s in p0["interventions"]:
+            axes[0].axvline(s, color=c, ls=":", lw=1)
+            axes[0].plot([s], [0], marker="^", color=c, ms=8, clip_on=False)
+    for ax in axes:
+        ax.axhline(doc["target_accuracy"], color="gray", ls="--", lw=1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("training step (▲ and dotted lines: NPO interventions)")
+    axes[1].set_xlabel("training steps + look-ahead steps (compute)")
+    axes[0].set_ylabel("eval accuracy (median, 95% CI band)")
+    axes[0].legend(loc="lower right")
+    axes[0].set_title("accuracy vs step; dashed: target")
+    axes[1].set_title("accuracy vs compute")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(
+    make_backend: Callable[[int], Any],
+    methods: list[str],
+    seeds: list[int],
+    run: RunConfig,
+    grpo: GRPOConfig,
+    npo: NPOConfig,
+    out: str | Path,
+    *,
+    workers: int = 0,
+    target: float | None = None,
+    target_fraction: float = 0.9,
+    n_boot: int = 2000,
+    command: str = "",
+    config_doc: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``methods`` x ``seeds`` and write results.json, report.md and curves.png into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config_doc is not None:
+        (out / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
+    workers = workers or min(len(seeds), os.cpu_count() or 1, 2)
+    jobs = [SeedJob(s, methods, make_backend, run, grpo, npo, str(out)) for s in seeds]
+    total = len(seeds) * len(methods) * run.steps
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="compare", unit="step", disable=not show_progress, dynamic_ncols=True)
+    if workers == 1:
+        for job in jobs:
+            results += run_seed(job, _BarQueue(bar))
+    else:
+        ctx = mp.get_context("spawn")  # no fork after torch has started threads
+        with ctx.Manager() as manager:
+            q = manager.Queue()
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(run_seed, job, q) for job in jobs]
+                while not all(f.done() for f in futures):
+                    try:
+                        bar.update(q.get(timeout=0.2))
+                    except queue.Empty:
+                        pass
+                for f in futures:
+                    results += f.result()  # re-raises a worker's error here
+            while not q.empty():
+                bar.update(q.get())
+    bar.close()
+    wall = time.perf_counter() - t0
+    doc = aggregate(results, methods, target, target_fraction, n_boot)
+    doc["wall_s_total"] = wall
+    doc["seeds"] = seeds
+    doc["command"] = command
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot_curves(doc, out / "curves.png")
+    write_report(doc, out / "report.md", command, seeds, wall)
+    return doc
+
+
+class _BarQueue:
+    """Progress sink for the single-process path."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def put(self, n: int) -> None:
+        self.bar.update(n)

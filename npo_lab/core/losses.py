@@ -1,0 +1,160 @@
+"""The clipped GRPO surrogate, its treatment of guide rows, and loss aggregation.
+
+For on-policy rows (and, by default, for guide rows too) the per-token loss is PPO's clipped surrogate
+(Schulman et al. 2017, arXiv 1707.06347) with the group-relative advantage of the row:
+
+    rho = exp(logp - old_logp),   l = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
+
+Guide rows (``is_guide``) can be treated three ways (``guide_loss``); see docs/algorithm.md:
+
+* ``on_policy`` (default, an inference from "the RL objective remains unchanged"): exactly the
+  formula above, with ``old_logp`` recomputed by the current policy on the guide tokens.
+* ``shaped`` (LUFFY, arXiv 2504.14945): l = -A * f(p), p = exp(logp), f(p) = p / (p + gamma), unclipped.
+* ``importance``: rho_b = exp(logp - behavior_logp), the ratio to the policy that sampled the row,
+  truncated above at ``is_cap``: l = -A * min(rho_b, is_cap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from npo_lab.core.functional import masked_mean
+from npo_lab.core.kl import kl_penalty
+from npo_lab.registry import Registry
+
+GUIDE_LOSSES = ("on_policy", "shaped", "importance")
+AGGREGATIONS: Registry[Callable[..., Tensor]] = Registry("loss aggregation")
+
+
+@AGGREGATIONS.register("token_mean")
+def agg_token_mean(loss_mat: Tensor, mask: Tensor, norm_constant: float | None = None) -> Tensor:
+    """Mean over every unmasked token of the batch (DAPO; long rows weigh more)."""
+    return (loss_mat * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@AGGREGATIONS.register("seq_mean")
+def agg_seq_mean(loss_mat: Tensor, mask: Tensor, norm_constant: float | None = None) -> Tensor:
+    """Token mean inside each row, then mean over rows (original GRPO; each row weighs the same)."""
+    per_row = (loss_mat * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+    return per_row.mean()
+
+
+@AGGREGATIONS.register("sum_norm")
+def agg_sum_norm(loss_mat: Tensor, mask: Tensor, norm_constant: float | None = None) -> Tensor:
+    """Sum over tokens divided by B * C, C a constant (Dr. GRPO; LUFFY): no length bias.
+
+    C defaults to T, the padded length of the batch, when ``norm_constant`` is None."""
+    c = float(loss_mat.shape[-1]) if norm_constant is None else float(norm_constant)
+    return (loss_mat * mask).sum() / (loss_mat.shape[0] * c)
+
+
+def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token_mean", norm_constant: float | None = None) -> Tensor:
+    """Reduce a (B, T) per-token loss to a scalar with a registered mode."""
+    return AGGREGATIONS.get(mode)(loss_mat, mask, norm_constant)
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    is_guide: Tensor | None = None,
+    behavior_logprobs: Tensor | None = None,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    guide_loss: str = "on_policy",
+    shaping_gamma: float = 0.1,
+    is_cap: float = 2.0,
+    aggregation: str = "token_mean",
+    norm_constant: float | None = None,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """GRPO loss with a chosen guide-row treatment, optional KL and entropy terms.
+
+    Args:
+        logprobs: (B, T) current log-probs, differentiable.
+        old_logprobs: (B, T) log-probs before the update (no grad).
+        advantages: (B,) group-relative advantages.
+        mask: (B, T) 1 where a token enters the loss.
+        is_guide: (B,) bool; None means no guide rows.
+        behavior_logprobs: (B, T) sampling-policy log-probs; needed for ``guide_loss="importance"``.
+        clip_eps_low, clip_eps_high: PPO clip range [1 - low, 1 + high].
+        guide_loss: ``on_policy``, ``shaped`` or ``importance``.
+        shaping_gamma: gamma of f(p) = p / (p + gamma) for ``shaped``.
+        is_cap: truncation of the importance ratio for ``importance``.
+        aggregation: ``token_mean``, ``seq_mean`` or ``sum_norm``.
+        norm_constant: C for ``sum_norm``.
+        ref_logprobs: (B, T) reference log-probs, required when ``kl_coef > 0``.
+        kl_coef, kl_estimator: weight and kind (``k1``/``k3``) of the KL term.
+        entropy: (B, T) per-token entropy of the current policy (differentiable) or None.
+        entropy_coef: weight of the entropy bonus (subtracted from the loss).
+
+    Returns:
+        (scalar loss, metrics).
+
+    >>> lp = torch.zeros(1, 2, requires_grad=True)
+    >>> loss, m = policy_loss(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2))
+    >>> float(loss), m["policy/clipfrac"]
+    (-1.0, 0.0)
+    """
+    if guide_loss not in GUIDE_LOSSES:
+        raise ValueError(f"guide_loss must be one of {GUIDE_LOSSES}, got {guide_loss!r}")
+    adv = advantages.unsqueeze(-1)  # (B, 1), broadcast over T
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)  # (B, T)
+    clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    loss_mat = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+    clipped_tok = ((ratio * adv) > (clipped * adv)).float()
+
+    guide = torch.zeros(mask.shape[0], dtype=torch.bool) if is_guide is None else is_guide
+    if guide.any() and guide_loss != "on_policy":
+        if guide_loss == "shaped":
+            # LUFFY's regularised importance sampling: pi_teacher taken as 1, f(p) = p / (p + gamma), no clip
+            p = torch.exp(logprobs)
+            guide_mat = -adv * (p / (p + shaping_gamma))
+        else:
+            if behavior_logprobs is None:
+                raise ValueError("guide_loss='importance' needs behavior_logprobs")
+            # truncated importance weight toward the policy that sampled the guide row
+            rho_b = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
+            guide_mat = -adv * torch.clamp(rho_b, max=is_cap)
+        g = guide.unsqueeze(-1)  # (B, 1)
+        loss_mat = torch.where(g, guide_mat, loss_mat)
+        clipped_tok = torch.where(g, torch.zeros_like(clipped_tok), clipped_tok)
+
+    metrics: dict[str, float] = {}
+    pg_loss = aggregate(loss_mat, mask, aggregation, norm_constant)
+    total = pg_loss
+    metrics["loss/policy"] = pg_loss.item()
+    if kl_coef > 0.0:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 needs ref_logprobs in the batch")
+        kl_mat = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        kl = aggregate(kl_mat, mask, aggregation, norm_constant)
+        total = total + kl_coef * kl
+        metrics["loss/kl"] = kl.item()
+    if entropy is not None:
+        ent = aggregate(entropy, mask, aggregation, norm_constant)
+        if entropy_coef != 0.0:
+            total = total - entropy_coef * ent
+        metrics["policy/entropy"] = masked_mean(entropy.detach(), mask).item()
+    with torch.no_grad():
+        on = (~guide).unsqueeze(-1).float() * mask  # (B, T) on-policy tokens only
+        # k1-style and k3-style approximate KL(old || new) on on-policy tokens (CleanRL / verl convention)
+        metrics["policy/approx_kl"] = masked_mean((ratio - 1) - log_ratio, on).item()
+        metrics["policy/clipfrac"] = masked_mean(clipped_tok, on).item()
+        metrics["policy/ratio_mean"] = masked_mean(ratio, on).item()
+        if guide.any():
+            gm = guide.unsqueeze(-1).float() * mask
+            metrics["guide/ratio_mean"] = masked_mean(ratio, gm).item()
+            metrics["guide/logprob_mean"] = masked_mean(logprobs.detach(), gm).item()
+        metrics["loss/total"] = total.item()
+    return total, metrics

@@ -1,0 +1,87 @@
+"""Loggers: a tidy CSV (step,name,value) and TensorBoard (imported lazily). Metric names: docs/metrics.md."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Protocol
+
+
+class Logger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullLogger:
+    """Discards everything."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CSVLogger:
+    """Appends ``step,name,value`` rows to ``path`` (long format: every metric, whenever it is logged)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("w", newline="")
+        self._w = csv.writer(self._f)
+        self._w.writerow(["step", "name", "value"])
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for k in sorted(metrics):
+            v = float(metrics[k])
+            self._w.writerow([step, k, repr(v) if math.isfinite(v) else str(v)])
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard event files (``tensorboard --logdir <run dir>``)."""
+
+    def __init__(self, logdir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is slow to import
+
+        self._w = SummaryWriter(str(logdir))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self._w.add_scalar(k, float(v), step)
+
+    def flush(self) -> None:
+        self._w.flush()
+
+    def close(self) -> None:
+        self._w.close()
+
+
+class MultiLogger:
+    """Fans out to several loggers."""
+
+    def __init__(self, *loggers: Logger) -> None:
+        self.loggers = loggers
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, step)
+
+    def flush(self) -> None:
+        for lg in self.loggers:
+            lg.flush()
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.close()

@@ -1,0 +1,212 @@
+"""The training loop: one visible GRPO step, and the outer loop that lets NPO look ahead.
+
+grpo_step: rollout -> (gate -> guide merge) -> old log-probs -> advantages -> epochs x minibatches -> log.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from npo_lab.backend import Backend, Checkpoint
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.core.advantages import group_advantages
+from npo_lab.core.guidance import group_accuracy, guide_gate, merge_guides
+from npo_lab.core.losses import policy_loss
+from npo_lab.metrics import Logger, NullLogger
+from npo_lab.npo import NearFutureGuide
+from npo_lab.registry import Registry
+from npo_lab.utils import PromptSampler, timed
+
+METHODS: Registry[str] = Registry("method")
+METHODS.register("grpo")("plain GRPO: no guide rows")
+METHODS.register("npo")("NPO: guides from the run's own near-future checkpoint (manual schedule)")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when a loss or gradient is NaN/Inf; names the step and the metric."""
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training (what a snapshot captures)."""
+
+    backend: Backend
+    optimizer: torch.optim.Optimizer
+    sampler: PromptSampler
+    step: int = 0
+    ref_policy: Checkpoint | None = None
+
+
+def make_state(backend: Backend, n_prompts: int, grpo: GRPOConfig, seed: int) -> TrainState:
+    """Build the optimizer and data cursor for ``backend`` (the reference policy is kept if KL is on)."""
+    optimizer = torch.optim.Adam(list(backend.parameters()), lr=grpo.lr)
+    ref = backend.save() if grpo.kl_coef > 0 else None
+    return TrainState(backend=backend, optimizer=optimizer, sampler=PromptSampler(n_prompts, seed), ref_policy=ref)
+
+
+def grpo_step(
+    state: TrainState, grpo: GRPOConfig, npo: NPOConfig | None = None, guide: Checkpoint | None = None
+) -> dict[str, float]:
+    """One GRPO iteration on ``state``; with ``guide``, failing groups get near-future rows (NPO).
+
+    Returns the step's metrics (``reward/``, ``policy/``, ``loss/``, ``guide/``, ``time/``).
+    """
+    backend, m = state.backend, {}
+    prompts = state.sampler.next(grpo.prompts_per_step)
+    with timed(m, "rollout"):
+        b = backend.rollout(prompts, grpo.group_size)  # B = prompts x G rows
+    m["reward/on_policy_mean"] = b.rewards.float().mean().item()
+
+    if guide is not None and npo is not None:
+        with timed(m, "guide"):
+            acc = group_accuracy(b.rewards, b.group_ids, grpo.correct_threshold)
+            ids = list(acc)
+            gate = guide_gate(torch.tensor([acc[g] for g in ids]), npo.gate)  # (n_groups,)
+            gated = [g for g, on in zip(ids, gate.tolist()) if on]
+            if gated:
+                guides = backend.rollout(gated, npo.guide_samples, policy=guide)
+                b, gm = merge_guides(
+                    b, guides, gated, k=npo.guide_slots, slot=npo.slot, correct_threshold=grpo.correct_threshold
+                )
+                m.update(gm)
+                m["guide/guide_solved"] = (guides.rewards > grpo.correct_threshold).float().mean().item()
+            else:
+                m.update({"guide/gated_frac": 0.0, "guide/injected_frac": 0.0, "guide/rows": 0.0})
+
+    with timed(m, "logprobs"), torch.no_grad():
+        # the ratio anchor is recomputed with the training forward path, guide rows included
+        old, _ = backend.logprobs(b)
+        ref = backend.logprobs(b, policy=state.ref_policy)[0] if state.ref_policy is not None else None
+        b = b.replace(old_logprobs=old.detach(), ref_logprobs=None if ref is None else ref.detach())
+    with timed(m, "adv"):
+        advantages, am = group_advantages(b.rewards, b.group_ids, grpo.advantage)
+        m.update(am)
+
+    mb_size = grpo.minibatch_size or grpo.batch_size
+    guide_kw: dict[str, Any] = {}
+    if npo is not None:
+        guide_kw = dict(guide_loss=npo.guide_loss, shaping_gamma=npo.shaping_gamma, is_cap=npo.is_cap)
+    with timed(m, "update"):
+        for _epoch in range(grpo.epochs):
+            perm = torch.randperm(b.size) if mb_size < b.size else torch.arange(b.size)
+            for start in range(0, b.size, mb_size):
+                mb_idx = perm[start : start + mb_size]
+                mb = b.select(mb_idx)
+                mb_logp, mb_ent = backend.logprobs(mb)  # (mb, T), differentiable
+                loss, lm = policy_loss(
+                    mb_logp,
+                    mb.old_logprobs,
+                    advantages[mb_idx],
+                    mb.mask,
+                    is_guide=mb.is_guide,
+                    behavior_logprobs=mb.behavior_logprobs,
+                    clip_eps_low=grpo.clip_eps_low,
+                    clip_eps_high=grpo.clip_eps_high,
+                    aggregation=grpo.aggregation,
+                    norm_constant=grpo.norm_constant or None,
+                    ref_logprobs=mb.ref_logprobs,
+                    kl_coef=grpo.kl_coef,
+                    kl_estimator=grpo.kl_estimator,
+                    entropy=mb_ent,
+                    entropy_coef=grpo.entropy_coef,
+                    **guide_kw,
+                )
+                if not math.isfinite(lm["loss/total"]):
+                    raise NonFiniteError(f"step {state.step}: loss/total is {lm['loss/total']} (non-finite)")
+                state.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in state.optimizer.param_groups for p in g["params"]]
+                gn = torch.nn.utils.clip_grad_norm_(params, grpo.max_grad_norm or float("inf"))
+                if not torch.isfinite(gn):
+                    raise NonFiniteError(f"step {state.step}: policy/grad_norm is {gn.item()} (non-finite)")
+                state.optimizer.step()
+                lm["policy/grad_norm"] = gn.item()
+    m.update(lm)
+    if b.is_guide.any():
+        m["guide/on_solved"] = (b.rewards[~b.is_guide] > grpo.correct_threshold).float().mean().item()
+    m["charts/completion_tokens"] = b.mask.sum(-1).float().mean().item()
+    state.step += 1
+    return m
+
+
+@dataclass
+class RunResult:
+    """What one run produced (the comparison aggregates these over seeds)."""
+
+    method: str
+    seed: int
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    interventions: list[int] = field(default_factory=list)
+    lookahead_steps: int = 0
+    lookahead_s: float = 0.0
+    wall_s: float = 0.0
+    final_accuracy: float = float("nan")
+
+
+def train(
+    state: TrainState,
+    method: str,
+    run: RunConfig,
+    grpo: GRPOConfig,
+    npo: NPOConfig,
+    evaluate: Callable[[], dict[str, float]],
+    *,
+    seed: int = 0,
+    logger: Logger | None = None,
+    on_step: Callable[[int], None] | None = None,
+    save_checkpoint: Callable[[TrainState], None] | None = None,
+) -> RunResult:
+    """Train ``run.steps`` steps of ``method`` ("grpo" or "npo") on ``state``; evaluate along the way."""
+    METHODS.get(method)
+    log = logger or NullLogger()
+    source = NearFutureGuide(npo, run.steps) if method == "npo" else None
+    result = RunResult(method=method, seed=seed)
+    t_start = time.perf_counter()
+    la_step = 0
+
+    def plain_step() -> dict[str, float]:
+        nonlocal la_step
+        lm = grpo_step(state, grpo)
+        log.log({f"lookahead/{k}": v for k, v in lm.items() if k.startswith("reward/")}, la_step)
+        la_step += 1
+        return lm
+
+    def do_eval() -> None:
+        with torch.no_grad():
+            em = evaluate()
+        result.evals.append((state.step, em["eval/accuracy"]))
+        log.log(em, state.step)
+
+    while state.step < run.steps:
+        if state.step % run.eval_every == 0:
+            do_eval()
+        npo_m = source.before_step(state, plain_step) if source is not None else {}
+        guide = source.policy_for(state.step) if source is not None else None
+        t0 = time.perf_counter()
+        m = grpo_step(state, grpo, npo if source is not None else None, guide)
+        m["time/step"] = time.perf_counter() - t0
+        m.update(npo_m)
+        m["npo/guided"] = float(guide is not None)
+        log.log(m, state.step)
+        if save_checkpoint is not None and run.checkpoint_every and state.step % run.checkpoint_every == 0:
+            save_checkpoint(state)
+        if on_step is not None:
+            on_step(1)
+    do_eval()
+    if save_checkpoint is not None:
+        save_checkpoint(state)
+    result.wall_s = time.perf_counter() - t_start
+    if source is not None:
+        result.interventions = list(source.interventions)
+        result.lookahead_steps = source.lookahead_steps
+        result.lookahead_s = source.lookahead_seconds
+    tail = [a for _, a in result.evals[-run.final_evals :]]
+    result.final_accuracy = sum(tail) / len(tail)
+    log.flush()
+    return result

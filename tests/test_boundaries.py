@@ -1,0 +1,77 @@
+"""The core imports neither gymnasium nor transformers; envs/ and llm/ never import each other."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CORE_MODULES = [
+    "npo_lab",
+    "npo_lab.batch",
+    "npo_lab.backend",
+    "npo_lab.config",
+    "npo_lab.core.advantages",
+    "npo_lab.core.losses",
+    "npo_lab.core.kl",
+    "npo_lab.core.guidance",
+    "npo_lab.npo",
+    "npo_lab.trainer",
+    "npo_lab.compare",
+    "npo_lab.stats",
+    "npo_lab.metrics",
+    "npo_lab.checkpoint",
+    "npo_lab.tasks.arithmetic",
+]
+
+
+def loaded_after_import(modules):
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    return set(json.loads(out.stdout))
+
+
+def heavy(mods):
+    return {m for m in mods if m.split(".")[0] in ("gymnasium", "gym", "transformers")}
+
+
+def test_core_imports_neither_gymnasium_nor_transformers():
+    mods = loaded_after_import(CORE_MODULES)
+    assert not heavy(mods), heavy(mods)
+    assert not {m for m in mods if m.startswith(("npo_lab.envs", "npo_lab.llm"))}
+
+
+def test_cli_help_stays_light():
+    mods = loaded_after_import(["npo_lab.cli"])
+    assert not heavy(mods)
+
+
+def test_envs_never_import_llm_or_transformers():
+    mods = loaded_after_import(["npo_lab.envs", "npo_lab.envs.arithmetic", "npo_lab.envs.charlm"])
+    assert not {m for m in mods if m.startswith("npo_lab.llm") or m.split(".")[0] == "transformers"}
+
+
+@pytest.mark.parametrize(
+    "folder,forbidden",
+    [
+        ("npo_lab", ("gymnasium", "transformers", "npo_lab.envs", "npo_lab.llm")),
+        ("envs", ("transformers", "npo_lab.llm")),
+    ],
+)
+def test_source_has_no_forbidden_imports(folder, forbidden):
+    """A grep backstop for imports hidden inside functions (the subprocess test only sees module level).
+    npo_lab/cli.py is the composition root and the one module allowed to name a backend."""
+    for path in (ROOT / folder).rglob("*.py"):
+        if path.name == "cli.py" and folder == "npo_lab":
+            continue
+        for line in path.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ", "from ")):
+                assert not any(f" {f}" in s or s.startswith(f"from {f}") for f in forbidden), f"{path}: {s}"
+        assert ".cuda(" not in path.read_text(), f"{path} hard-codes CUDA"
