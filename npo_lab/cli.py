@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, parse_method
 from npo_lab.envs.config import TinyLMConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
@@ -40,7 +40,8 @@ class CompareCommand(RunConfig):
     tensorboard: bool = False
     """Also write TensorBoard files for every run (CSV metrics are always written)."""
     methods: str = "grpo,npo"
-    """Comma-separated methods; the first is the baseline for the target and the speed-ups."""
+    """Comma-separated methods; the first is the baseline for the target and the speed-ups. A method may carry
+    npo overrides for side-by-side variants: 'grpo,npo,npo:delta=1,npo:guide_samples=16:interventions=0+250'."""
     seeds: int = 4
     """Number of seeds (seeds first_seed .. first_seed + seeds - 1)."""
     first_seed: int = 0
@@ -63,14 +64,13 @@ class CompareCommand(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        names = [m.strip() for m in self.methods.split(",") if m.strip()]
-        bad = [m for m in names if m not in METHOD_NAMES]
-        if not names or bad:
-            raise ValueError(
-                f"methods must be a comma list of {list(METHOD_NAMES)}, got unknown {bad or self.methods!r}"
-            )
+        names = self.method_list
+        if not names:
+            raise ValueError(f"methods must list at least one of {list(METHOD_NAMES)}, got {self.methods!r}")
         if len(set(names)) != len(names):
             raise ValueError(f"methods lists a method twice: {self.methods!r}")
+        for spec in names:
+            parse_method(spec, self.npo)
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.workers < 0:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, parse_method
 from npo_lab.metrics import CSVLogger
 from npo_lab.stats import bootstrap_ci, median_band, steps_to_target
 
@@ -52,11 +52,12 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
     setup_s = time.perf_counter() - t0
     start = backend.save()
     results = []
-    for method in job.methods:
+    for spec in job.methods:
+        method, npo = parse_method(spec, job.npo)
         backend.load(start)
         seed_everything(job.seed)
         state = make_state(backend, len(backend.train_set), job.grpo, job.seed)
-        run_dir = Path(job.out) / "runs" / f"{method}__seed{job.seed}"
+        run_dir = Path(job.out) / "runs" / f"{spec.replace(':', '_').replace('=', '-')}__seed{job.seed}"
         logger = CSVLogger(run_dir / "metrics.csv")
 
         def tick(n: int) -> None:
@@ -64,12 +65,13 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
                 progress.put(n)
 
         res = train(
-            state, method, job.run, job.grpo, job.npo, backend.evaluate, seed=job.seed, logger=logger, on_step=tick
+            state, method, job.run, job.grpo, npo, backend.evaluate, seed=job.seed, logger=logger, on_step=tick
         )
         logger.close()
         d = asdict(res)
         d["setup_s"] = setup_s
-        d["delta"] = job.npo.delta if method == "npo" else 0
+        d["method"] = spec
+        d["delta"] = npo.delta if method == "npo" else 0
         results.append(d)
     return results
 
@@ -86,6 +88,28 @@ def _summary(values: list[float], n_boot: int) -> dict[str, Any]:
 def lookahead_before(res: dict[str, Any], step: float) -> int:
     """Look-ahead steps spent at interventions before ``step`` (counted in the compute-adjusted speed)."""
     return sum(res["delta"] for s in res["interventions"] if s < step)
+
+
+def regime_summary(res: dict[str, Any]) -> dict[str, float]:
+    """Numbers that show the two regimes NPO targets, for one run.
+
+    early_*: the first 10% of training steps (sparse success: low reward, many groups with no signal);
+    gain_first_quarter / gain_last_quarter: eval-accuracy gain over the first and the last quarter of
+    training (a plateau shows as a last-quarter gain much smaller than the first-quarter one)."""
+    n = len(res["train_reward"])
+    k = max(1, n // 10)
+    evals = res["evals"]
+    total = evals[-1][0] if evals else 0
+
+    def acc_at(step: float) -> float:  # last evaluation at or before `step`
+        return [a for s, a in evals if s <= step][-1]
+
+    return {
+        "early_train_reward": float(np.mean(res["train_reward"][:k])) if n else float("nan"),
+        "early_zero_std_groups": float(np.mean(res["zero_std_groups"][:k])) if n else float("nan"),
+        "gain_first_quarter": acc_at(total / 4) - acc_at(0),
+        "gain_last_quarter": acc_at(total) - acc_at(3 * total / 4),
+    }
 
 
 def aggregate(
@@ -119,6 +143,7 @@ def aggregate(
                     "lookahead_s": r["lookahead_s"],
                     "wall_s": r["wall_s"],
                     "interventions": r["interventions"],
+                    **regime_summary(r),
                     "evals": r["evals"],
                 }
             )
@@ -136,6 +161,7 @@ def aggregate(
             "lookahead_steps": int(np.median([p["lookahead_steps"] for p in per_seed])),
             "lookahead_s": float(np.median([p["lookahead_s"] for p in per_seed])),
             "wall_s": float(np.median([p["wall_s"] for p in per_seed])),
+            "regimes": {k: float(np.median([p[k] for p in per_seed])) for k in regime_summary(runs[0])},
             "per_seed": per_seed,
         }
     base = out["methods"][baseline]["steps_to_target"]["median"]
@@ -175,6 +201,20 @@ def write_report(doc: dict[str, Any], path: Path, command: str, seeds: list[int]
             f"{_fmt(r['steps_to_target_with_lookahead'], 0)} | {r['reached_target']}/{len(r['per_seed'])} | "
             f"{sp} ({spl}) | {r['lookahead_steps']} steps, {r['lookahead_s']:.1f} s | {r['wall_s']:.1f} s |"
         )
+    base = doc["methods"][doc["baseline"]]
+    rg = base["regimes"]
+    finals = sorted(p["final_accuracy"] for p in base["per_seed"])
+    lines += [
+        "",
+        f"## The two regimes, as {doc['baseline']} shows them (medians over seeds)",
+        "",
+        f"- **Sparse early success**: over the first 10% of steps the on-policy success rate is "
+        f"{rg['early_train_reward']:.3f} and {100 * rg['early_zero_std_groups']:.0f}% of groups have "
+        "identical rewards (almost always all wrong), so their advantages are zero and they teach nothing.",
+        f"- **Late plateau**: eval accuracy gains {rg['gain_first_quarter']:+.3f} over the first quarter of "
+        f"training and {rg['gain_last_quarter']:+.3f} over the last. Final accuracies per seed: "
+        f"{', '.join(f'{a:.2f}' for a in finals)} (thin lines in the figure).",
+    ]
     lines += [
         "",
         "![curves](curves.png)",
@@ -207,7 +247,9 @@ def plot_curves(doc: dict[str, Any], path: Path, n_boot: int = 1000) -> None:
         curves = np.array([[a for _, a in p["evals"]] for p in r["per_seed"]])  # (n_seeds, n_evals)
         med, lo, hi = median_band(curves, n_boot)
         label = f"{m} (n={curves.shape[0]})"
-        axes[0].plot(steps, med, color=c, label=label)
+        for row in curves:  # every seed, faintly: plateaus of single seeds stay visible
+            axes[0].plot(steps, row, color=c, alpha=0.25, lw=0.8)
+        axes[0].plot(steps, med, color=c, label=label, lw=2)
         axes[0].fill_between(steps, lo, hi, color=c, alpha=0.2)
         p0 = r["per_seed"][0]
         delta = p0["lookahead_steps"] / max(len(p0["interventions"]), 1)

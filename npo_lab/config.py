@@ -100,8 +100,9 @@ class NPOConfig:
     """A prompt is guided when its on-policy group accuracy is strictly below this. [paper: 0.6; 'strictly' assumed]"""
     guide_slots: int = 1
     """k, on-policy slots replaced by verified-correct guide rows in each gated group. [paper: 1]"""
-    guide_samples: int = 4
-    """Samples drawn from pi_{t+delta} per gated prompt to find a verified-correct one. [assumption]"""
+    guide_samples: int = 8
+    """Samples drawn from pi_{t+delta} per gated prompt to find a verified-correct one. [assumption: one group's
+    worth (G = 8); more samples raise the guide's quality Q at the price of guide rollouts]"""
     slot: Literal["last", "incorrect_first"] = "last"
     """Which slot a guide replaces: last (a uniformly random slot, rows are i.i.d.) or incorrect_first. [assumption]"""
     guide_loss: Literal["on_policy", "shaped", "importance"] = "on_policy"
@@ -171,3 +172,46 @@ class RunConfig:
         _check(self.eval_every >= 1, "eval_every", self.eval_every, ">= 1")
         _check(self.final_evals >= 1, "final_evals", self.final_evals, ">= 1")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
+
+
+def parse_method(spec: str, npo: NPOConfig, known: tuple[str, ...] = ("grpo", "npo")) -> tuple[str, NPOConfig]:
+    """Resolve a method spec ``name[:field=value[:field=value...]]`` into (method name, its NPOConfig).
+
+    Overrides set NPOConfig fields for that method only, so one comparison can hold variants side by side,
+    e.g. ``npo:delta=1`` or ``npo:interventions=0+250`` (``+`` separates the items of a tuple field).
+
+    >>> parse_method("npo:delta=5:gate=0.5", NPOConfig())[1].delta
+    5
+    """
+    import dataclasses
+    import difflib
+
+    name, *overrides = spec.strip().split(":")
+    if name not in known:
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(f"methods: unknown method {name!r}{hint}; choose one of {list(known)}")
+    if overrides and name == "grpo":
+        raise ValueError(f"methods: {spec!r}: grpo takes no npo.* overrides")
+    fields = {f.name: f for f in dataclasses.fields(NPOConfig)}
+    changes: dict[str, object] = {}
+    for ov in overrides:
+        key, sep, raw = ov.partition("=")
+        if not sep or key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"methods: {spec!r}: {ov!r} is not field=value of npo{hint}")
+        default = getattr(npo, key)
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value: object = raw.lower() in ("true", "1")
+            elif isinstance(default, tuple):
+                value = tuple(int(x) for x in raw.split("+") if x)
+            else:
+                value = type(default)(raw)
+        except ValueError as e:
+            raise ValueError(f"methods: {spec!r}: npo.{key} cannot be {raw!r}") from e
+        changes[key] = value
+    return name, dataclasses.replace(npo, **changes)

@@ -147,6 +147,10 @@ class RunResult:
     lookahead_s: float = 0.0
     wall_s: float = 0.0
     final_accuracy: float = float("nan")
+    train_reward: list[float] = field(default_factory=list)
+    """reward/on_policy_mean of every training step (the regime analysis of ``npo-lab compare`` reads it)."""
+    zero_std_groups: list[float] = field(default_factory=list)
+    """reward/frac_zero_std of every training step."""
 
 
 def train(
@@ -194,6 +198,8 @@ def train(
         m.update(npo_m)
         m["npo/guided"] = float(guide is not None)
         log.log(m, state.step)
+        result.train_reward.append(m["reward/on_policy_mean"])
+        result.zero_std_groups.append(m["reward/frac_zero_std"])
         if save_checkpoint is not None and run.checkpoint_every and state.step % run.checkpoint_every == 0:
             save_checkpoint(state)
         if on_step is not None:

@@ -42,6 +42,8 @@ def cli(*args, cwd=None):
         (["--npo.delta", "0"], "npo.delta"),
         (["--npo.delta", "-3"], "npo.delta"),
         (["--methods", "grpo,ppo"], "methods"),
+        (["--methods", "grpo,npo:delat=3"], "methods"),
+        (["--methods", "grpo,npo:delta=0"], "npo.delta"),
         (["--task.name", "gsm8k"], "task.name"),
         (["--task.operation", "div"], "task.operation"),
     ],
@@ -94,6 +96,8 @@ def test_compare_writes_report_curves_and_results(tmp_path):
     cfg.write_text(json.dumps({"npo": {"delta": 2, "interventions": [0, 3]}, "eval_every": 3}))
     r = cli(
         "compare",
+        "--methods",
+        "grpo,npo,npo:delta=1",
         "--config",
         str(cfg),
         "--steps",
@@ -110,7 +114,7 @@ def test_compare_writes_report_curves_and_results(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["methods"]) == {"grpo", "npo"} and 0.0 <= doc["target_accuracy"] <= 1.0
+    assert set(doc["methods"]) == {"grpo", "npo", "npo:delta=1"} and 0.0 <= doc["target_accuracy"] <= 1.0
     for res in doc["methods"].values():
         assert set(res["final_accuracy"]) == {"median", "ci95"} and len(res["final_accuracy"]["ci95"]) == 2
         lo, hi = res["final_accuracy"]["ci95"]
@@ -121,8 +125,17 @@ def test_compare_writes_report_curves_and_results(tmp_path):
     assert doc["methods"]["grpo"]["lookahead_steps"] == 0
     assert doc["methods"]["npo"]["lookahead_steps"] == 4  # 2 interventions x delta 2
     assert doc["methods"]["npo"]["per_seed"][0]["interventions"] == [0, 3]
+    assert doc["methods"]["npo:delta=1"]["lookahead_steps"] == 2  # the variant's own delta
+    assert (out / "runs" / "npo_delta-1__seed0" / "metrics.csv").exists()
     report = (out / "report.md").read_text()
-    assert "| grpo |" in report and "| npo |" in report and "npo-lab compare --config" in report
+    assert "Sparse early success" in report and "Late plateau" in report
+    assert set(doc["methods"]["grpo"]["regimes"]) == {
+        "early_train_reward",
+        "early_zero_std_groups",
+        "gain_first_quarter",
+        "gain_last_quarter",
+    }
+    assert "| grpo |" in report and "| npo |" in report and "npo-lab compare --methods grpo,npo,npo:delta=1 --config" in report
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # config.json reproduces the run: it is accepted back by --config
     saved = json.loads((out / "config.json").read_text())

@@ -130,3 +130,20 @@ def test_npo_training_injects_guides_and_counts_lookahead():
     # never more than one guide row per group (k = 1), never in a group at or above the gate
     assert all(m["guide/rows"] <= g.prompts_per_step for m in guided)
     assert st.step == 12
+
+
+def test_method_specs_override_npo_fields_per_method():
+    from npo_lab.config import parse_method
+
+    name, cfg = parse_method("npo:delta=3:interventions=0+50:restore_optimizer=false", NPOConfig())
+    assert name == "npo" and cfg.delta == 3 and cfg.interventions == (0, 50) and cfg.restore_optimizer is False
+    assert parse_method("grpo", NPOConfig()) == ("grpo", NPOConfig())
+    for bad, msg in [
+        ("npo:delat=3", "did you mean 'delta'"),
+        ("ppo", "unknown method"),
+        ("npo:gate=high", "npo.gate cannot be"),
+        ("npo:delta=0", "npo.delta must be >= 1"),
+        ("grpo:delta=2", "no npo"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_method(bad, NPOConfig())
