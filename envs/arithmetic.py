@@ -65,6 +65,10 @@ class ArithmeticBackend:
             self.warm_start_loss = self._warm_start()
 
     # ---- the Backend protocol -------------------------------------------------------------------
+    @property
+    def num_prompts(self) -> int:
+        return len(self.train_set)
+
     def rollout(self, prompt_ids: Sequence[int], n: int, policy: Checkpoint | None = None) -> RolloutBatch:
         pids = torch.tensor(list(prompt_ids), dtype=torch.long).repeat_interleave(n)  # (B,)
         net = self._policy_model(policy)

@@ -23,7 +23,19 @@ for large ones. It must hold the weights and the backend's own sampling RNG."""
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the NPO/AutoNPO core calls. Every method is needed by the look-ahead/rollback driver."""
+    """What the NPO/AutoNPO core calls.
+
+    The five methods are what the look-ahead/rollback driver needs; ``num_prompts`` sizes the data cursor
+    and ``evaluate`` gives the held-out score the trainer logs."""
+
+    @property
+    def num_prompts(self) -> int:
+        """Training prompts; prompt ids are 0 .. num_prompts - 1."""
+        ...
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the current weights; must include ``eval/accuracy``."""
+        ...
 
     def rollout(self, prompt_ids: Sequence[int], n: int, policy: Checkpoint | None = None) -> RolloutBatch:
         """Sample ``n`` rows for each prompt (rows grouped prompt by prompt), scored by the verifier.
@@ -67,6 +79,10 @@ class ScriptedBackend:
             self.table.scatter_(2, self.answers.unsqueeze(-1), init_bias)
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.seq_len, self.vocab = seq_len, vocab
+
+    @property
+    def num_prompts(self) -> int:
+        return self.answers.shape[0]
 
     def _table(self, policy: Checkpoint | None) -> Tensor:
         return self.table if policy is None else policy["weights"]["table"]

@@ -257,7 +257,7 @@ def run_train(cfg: TrainCommand) -> Any:
         print(f"| {k} | {v} |")
     seed_everything(cfg.seed)
     backend = backend_factory(cfg.task, cfg.model)(cfg.seed)
-    state = make_state(backend, len(backend.train_set), cfg.grpo, cfg.seed)
+    state = make_state(backend, cfg.grpo, cfg.seed)
     loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
     if cfg.tensorboard:
         loggers.append(TensorBoardLogger(run_dir))

@@ -56,7 +56,7 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
         method, npo = parse_method(spec, job.npo)
         backend.load(start)
         seed_everything(job.seed)
-        state = make_state(backend, len(backend.train_set), job.grpo, job.seed)
+        state = make_state(backend, job.grpo, job.seed)
         run_dir = Path(job.out) / "runs" / f"{spec.replace(':', '_').replace('=', '-')}__seed{job.seed}"
         logger = CSVLogger(run_dir / "metrics.csv")
 

@@ -43,8 +43,10 @@ class TrainState:
     ref_policy: Checkpoint | None = None
 
 
-def make_state(backend: Backend, n_prompts: int, grpo: GRPOConfig, seed: int) -> TrainState:
-    """Build the optimizer and data cursor for ``backend`` (the reference policy is kept if KL is on)."""
+def make_state(backend: Backend, grpo: GRPOConfig, seed: int) -> TrainState:
+    """Build the optimizer and the data cursor over ``backend.num_prompts`` (and keep the reference policy
+    when the KL term is on)."""
+    n_prompts = backend.num_prompts
     optimizer = torch.optim.Adam(list(backend.parameters()), lr=grpo.lr)
     ref = backend.save() if grpo.kl_coef > 0 else None
     return TrainState(backend=backend, optimizer=optimizer, sampler=PromptSampler(n_prompts, seed), ref_policy=ref)
@@ -159,15 +161,17 @@ def train(
     run: RunConfig,
     grpo: GRPOConfig,
     npo: NPOConfig,
-    evaluate: Callable[[], dict[str, float]],
+    evaluate: Callable[[], dict[str, float]] | None = None,
     *,
     seed: int = 0,
     logger: Logger | None = None,
     on_step: Callable[[int], None] | None = None,
     save_checkpoint: Callable[[TrainState], None] | None = None,
 ) -> RunResult:
-    """Train ``run.steps`` steps of ``method`` ("grpo" or "npo") on ``state``; evaluate along the way."""
+    """Train ``run.steps`` steps of ``method`` ("grpo" or "npo") on ``state``; evaluate along the way
+    (with ``state.backend.evaluate`` unless ``evaluate`` is given)."""
     METHODS.get(method)
+    evaluate = evaluate or state.backend.evaluate
     log = logger or NullLogger()
     source = NearFutureGuide(npo, run.steps) if method == "npo" else None
     result = RunResult(method=method, seed=seed)

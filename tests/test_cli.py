@@ -135,7 +135,8 @@ def test_compare_writes_report_curves_and_results(tmp_path):
         "gain_first_quarter",
         "gain_last_quarter",
     }
-    assert "| grpo |" in report and "| npo |" in report and "npo-lab compare --methods grpo,npo,npo:delta=1 --config" in report
+    assert "| grpo |" in report and "| npo |" in report
+    assert "npo-lab compare --methods grpo,npo,npo:delta=1 --config" in report
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # config.json reproduces the run: it is accepted back by --config
     saved = json.loads((out / "config.json").read_text())

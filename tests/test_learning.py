@@ -15,7 +15,7 @@ def run(method: str, steps: int, seed: int = 0, task: ArithmeticConfig | None = 
     seed_everything(seed)
     be = ArithmeticBackend(task or ArithmeticConfig(), TinyLMConfig(), seed=seed)
     g = GRPOConfig()
-    st = make_state(be, len(be.train_set), g, seed)
+    st = make_state(be, g, seed)
     return train(
         st,
         method,

@@ -42,7 +42,7 @@ def _scripted_state():
     seed_everything(0)
     be = ScriptedBackend(n_prompts=8, seq_len=3, vocab=4, seed=0)
     g = GRPOConfig(batch_size=32, group_size=4, lr=0.1, minibatch_size=16, epochs=2)  # randperm uses the torch RNG
-    st = make_state(be, 8, g, seed=0)
+    st = make_state(be, g, seed=0)
     for _ in range(3):  # non-empty optimizer state before the snapshot
         grpo_step(st, g)
     return st, g
@@ -57,7 +57,7 @@ def test_rollback_is_bit_exact(backend, tiny_arith):
         be = tiny_arith(seed=0)
         # an untrained model earns no reward; the entropy bonus makes every step move the weights anyway
         g = GRPOConfig(batch_size=16, group_size=4, lr=1e-3, entropy_coef=0.01)
-        st = make_state(be, len(be.train_set), g, seed=0)
+        st = make_state(be, g, seed=0)
         grpo_step(st, g)
     before = fingerprint(st)
     res = lookahead(st, 4, lambda: grpo_step(st, g))
@@ -105,7 +105,7 @@ def test_npo_training_injects_guides_and_counts_lookahead():
     seed_everything(0)
     be = ScriptedBackend(n_prompts=16, seq_len=3, vocab=4, seed=0)
     g = GRPOConfig(batch_size=64, group_size=8, lr=0.1)
-    st = make_state(be, 16, g, 0)
+    st = make_state(be, g, 0)
     seen = []
 
     class Rec:
