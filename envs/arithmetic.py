@@ -40,7 +40,16 @@ def encode(s: str) -> list[int]:
 
 
 def decode(ids: Sequence[int]) -> str:
-    return "".join(VOCAB[i] for i in ids if i != PAD)
+    """Text of a completion; only the padding *after* the end token is dropped, so a stray pad character
+    inside an answer stays visible to the verifier (and makes it wrong)."""
+    text = "".join(VOCAB[i] for i in ids)
+    end = text.find(END)
+    return text if end < 0 else text[: end + 1]
+
+
+def _no_pad(logits: Tensor) -> Tensor:
+    """The pad token is not an action: mask it out of the policy's distribution (sampling and log-probs)."""
+    return logits.index_fill(-1, torch.tensor([PAD]), float("-inf"))
 
 
 class ArithmeticBackend:
@@ -94,10 +103,13 @@ class ArithmeticBackend:
             comps[i, : len(e["completion"])] = e["completion"]
         inputs = torch.cat([prompts, comps[:, :-1]], 1)  # (B, P + T - 1)
         logits, _ = net(inputs)
-        logits = logits[:, self.prompt_len - 1 :] / self.cfg.temperature  # (B, T, V): predicts comps
+        logits = _no_pad(logits[:, self.prompt_len - 1 :] / self.cfg.temperature)  # (B, T, V): predicts comps
         logp_all = F.log_softmax(logits, -1)
-        logp = logp_all.gather(-1, comps.unsqueeze(-1)).squeeze(-1) * batch.mask  # (B, T)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, T)
+        # pad positions (mask 0) would gather -inf: gather a real token there and zero it with the mask
+        safe = torch.where(batch.mask.bool(), comps, torch.zeros_like(comps))
+        logp = logp_all.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * batch.mask  # (B, T)
+        p_all = logp_all.exp()
+        entropy = -(p_all * logp_all.masked_fill(p_all == 0, 0.0)).sum(-1)  # (B, T); 0 * -inf -> 0
         return logp, entropy
 
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -140,15 +152,16 @@ class ArithmeticBackend:
         done = torch.zeros(b, dtype=torch.bool)
         toks, lps, masks = [], [], []
         for i in range(self.max_new):
-            logp_all = F.log_softmax(last / self.cfg.temperature, -1)
+            logp_all = F.log_softmax(_no_pad(last / self.cfg.temperature), -1)
             if greedy:
                 tok = logp_all.argmax(-1)
             else:
                 tok = torch.multinomial(logp_all.exp(), 1, generator=self.gen).squeeze(-1)
             live = ~done
-            tok = torch.where(live, tok, torch.full_like(tok, PAD))
+            lp = logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+            tok = torch.where(live, tok, torch.full_like(tok, PAD))  # finished rows emit padding
             toks.append(tok)
-            lps.append(logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1) * live)
+            lps.append(torch.where(live, lp, torch.zeros_like(lp)))
             masks.append(live.float())
             done = done | (tok == END_ID)
             if bool(done.all()) or i == self.max_new - 1:

@@ -83,7 +83,7 @@ class RolloutBatch:
             mask=mask,
             rewards=rewards,
             group_ids=group_ids,
-            is_guide=torch.zeros(n, dtype=torch.bool) if is_guide is None else is_guide,
+            is_guide=torch.zeros(n, dtype=torch.bool, device=rewards.device) if is_guide is None else is_guide,
             extras=[None] * n if extras is None else list(extras),
         )
 
@@ -113,7 +113,7 @@ class RolloutBatch:
 
     def select(self, idx: Tensor | Sequence[int]) -> RolloutBatch:
         """Rows ``idx`` (in that order) of every tensor and of ``extras``."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.mask.device)
         kwargs: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -122,6 +122,20 @@ class RolloutBatch:
             elif value is not None:
                 kwargs[f.name] = value[idx]
         return RolloutBatch(**kwargs)
+
+    def trim(self) -> RolloutBatch:
+        """Drop trailing token columns that are masked out in every row."""
+        t = int(self.mask.sum(-1).max().item()) if self.size else 0
+        if t == self.mask.shape[1]:
+            return self
+        ref = None if self.ref_logprobs is None else self.ref_logprobs[:, :t]
+        return replace(
+            self,
+            behavior_logprobs=self.behavior_logprobs[:, :t],
+            old_logprobs=self.old_logprobs[:, :t],
+            mask=self.mask[:, :t],
+            ref_logprobs=ref,
+        )
 
     def replace(self, **changes: Any) -> RolloutBatch:
         """A copy with some fields changed (validated again)."""

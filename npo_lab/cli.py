@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, parse_method
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, check_compatible, parse_method
 from npo_lab.envs.config import TinyLMConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
@@ -39,6 +39,8 @@ class CompareCommand(RunConfig):
     """Evaluate every this many steps (and at the first and last step)."""
     tensorboard: bool = False
     """Also write TensorBoard files for every run (CSV metrics are always written)."""
+    checkpoint_every: int = 0
+    """Save a training checkpoint of every run every this many steps (and at the end); 0 saves none."""
     methods: str = "grpo,npo"
     """Comma-separated methods; the first is the baseline for the target and the speed-ups. A method may carry
     npo overrides for side-by-side variants: 'grpo,npo,npo:delta=1,npo:guide_samples=16:interventions=0+250'."""
@@ -70,7 +72,9 @@ class CompareCommand(RunConfig):
         if len(set(names)) != len(names):
             raise ValueError(f"methods lists a method twice: {self.methods!r}")
         for spec in names:
-            parse_method(spec, self.npo)
+            name, npo = parse_method(spec, self.npo)
+            if name == "npo":
+                check_compatible(self.grpo, npo, "npo" if spec == "npo" else f"methods {spec!r}: npo")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.workers < 0:
@@ -112,6 +116,8 @@ class TrainCommand(RunConfig):
             raise ValueError(f"method must be one of {list(METHOD_NAMES)}, got {self.method!r}{hint}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.method == "npo":
+            check_compatible(self.grpo, self.npo)
 
 
 COMMANDS: dict[str, type] = {"compare": CompareCommand, "train": TrainCommand}
@@ -135,11 +141,33 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             kwargs[k] = from_dict(tp, value, f"{full}.")
-        elif typing.get_origin(tp) is tuple:
-            kwargs[k] = tuple(value) if isinstance(value, list | tuple) else value
         else:
-            kwargs[k] = value
+            kwargs[k] = _typed(value, tp, full)
     return cls(**kwargs)
+
+
+def _typed(value: Any, tp: Any, name: str) -> Any:
+    """``value`` checked against the field type ``tp`` (int, float, bool, str, Literal, tuple[int, ...])."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"config key {name!r} must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(f"config key {name!r} must be a list of integers, got {value!r}")
+        return tuple(value)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    if tp in ok and not ok[tp](value):
+        raise ValueError(f"config key {name!r} must be of type {tp.__name__}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def load_config_file(cls: type, path: str) -> Any:
@@ -317,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = parse(command, rest)
-    except ValueError as e:  # config validation: stop before any work, naming the field
+    except (ValueError, TypeError) as e:  # config validation: stop before any work, naming the field
         print(f"npo-lab {command}: error: {e}", file=sys.stderr)
         return 2
     if command == "compare":

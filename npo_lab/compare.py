@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from npo_lab.checkpoint import save_training_checkpoint
 from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, parse_method
-from npo_lab.metrics import CSVLogger
+from npo_lab.metrics import CSVLogger, MultiLogger, TensorBoardLogger
 from npo_lab.stats import bootstrap_ci, median_band, steps_to_target
 
 
@@ -58,14 +59,28 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
         seed_everything(job.seed)
         state = make_state(backend, job.grpo, job.seed)
         run_dir = Path(job.out) / "runs" / f"{spec.replace(':', '_').replace('=', '-')}__seed{job.seed}"
-        logger = CSVLogger(run_dir / "metrics.csv")
+        loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
+        if job.run.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir))
+        logger = MultiLogger(*loggers)
 
         def tick(n: int) -> None:
             if progress is not None:
                 progress.put(n)
 
+        def save(st: Any, run_dir: Path = run_dir) -> None:
+            save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st)
+
         res = train(
-            state, method, job.run, job.grpo, npo, backend.evaluate, seed=job.seed, logger=logger, on_step=tick
+            state,
+            method,
+            job.run,
+            job.grpo,
+            npo,
+            seed=job.seed,
+            logger=logger,
+            on_step=tick,
+            save_checkpoint=save if job.run.checkpoint_every else None,
         )
         logger.close()
         d = asdict(res)
@@ -118,12 +133,13 @@ def aggregate(
     """The results.json document: per-method medians and CIs over seeds, and speed-ups vs the first method."""
     by_method = {m: sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"]) for m in methods}
     baseline = methods[0]
+    rule = "given with --target" if target is not None else f"{target_fraction} x median final accuracy of {baseline}"
     if target is None:
         base_final = float(np.median([r["final_accuracy"] for r in by_method[baseline]]))
         target = target_fraction * base_final
     out: dict[str, Any] = {
         "target_accuracy": target,
-        "target_rule": f"{target_fraction} x median final accuracy of {baseline}" if target is not None else "",
+        "target_rule": rule,
         "baseline": baseline,
         "methods": {},
     }
@@ -297,7 +313,8 @@ def compare(
     if config_doc is not None:
         (out / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
     workers = workers or min(len(seeds), os.cpu_count() or 1, 2)
-    jobs = [SeedJob(s, methods, make_backend, run, grpo, npo, str(out)) for s in seeds]
+    threads = max(1, (os.cpu_count() or 1) // workers)  # one worker alone may use every core
+    jobs = [SeedJob(s, methods, make_backend, run, grpo, npo, str(out), threads) for s in seeds]
     total = len(seeds) * len(methods) * run.steps
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []

@@ -174,6 +174,22 @@ class RunConfig:
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
 
 
+def check_compatible(grpo: GRPOConfig, npo: NPOConfig, label: str = "npo") -> None:
+    """Cross-field checks between the GRPO step and NPO, run before any training."""
+    _check(
+        npo.guide_slots < grpo.group_size,
+        f"{label}.guide_slots",
+        npo.guide_slots,
+        f"< grpo.group_size={grpo.group_size} (at least one on-policy row must stay in each group)",
+    )
+    _check(
+        npo.guide_samples >= npo.guide_slots,
+        f"{label}.guide_samples",
+        npo.guide_samples,
+        f">= {label}.guide_slots={npo.guide_slots} (otherwise no group can ever be guided)",
+    )
+
+
 def parse_method(spec: str, npo: NPOConfig, known: tuple[str, ...] = ("grpo", "npo")) -> tuple[str, NPOConfig]:
     """Resolve a method spec ``name[:field=value[:field=value...]]`` into (method name, its NPOConfig).
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from npo_lab.backend import Backend, Checkpoint
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, check_compatible
 from npo_lab.core.advantages import group_advantages
 from npo_lab.core.guidance import group_accuracy, guide_gate, merge_guides
 from npo_lab.core.losses import policy_loss
@@ -78,8 +78,20 @@ def grpo_step(
                 )
                 m.update(gm)
                 m["guide/guide_solved"] = (guides.rewards > grpo.correct_threshold).float().mean().item()
-            else:
-                m.update({"guide/gated_frac": 0.0, "guide/injected_frac": 0.0, "guide/rows": 0.0})
+            else:  # every group is at or above the gate: nothing to guide this step
+                m.update(
+                    {
+                        k: 0.0
+                        for k in (
+                            "guide/gated_frac",
+                            "guide/injected_frac",
+                            "guide/found_frac",
+                            "guide/rows",
+                            "guide/replaced_correct",
+                            "guide/guide_solved",
+                        )
+                    }
+                )
 
     with timed(m, "logprobs"), torch.no_grad():
         # the ratio anchor is recomputed with the training forward path, guide rows included
@@ -91,6 +103,9 @@ def grpo_step(
         m.update(am)
 
     mb_size = grpo.minibatch_size or grpo.batch_size
+    # sum_norm's constant C defaults to the padded length of the whole batch, the same for every minibatch
+    norm_constant = grpo.norm_constant or float(b.mask.shape[1])
+    lms: list[dict[str, float]] = []
     guide_kw: dict[str, Any] = {}
     if npo is not None:
         guide_kw = dict(guide_loss=npo.guide_loss, shaping_gamma=npo.shaping_gamma, is_cap=npo.is_cap)
@@ -111,7 +126,7 @@ def grpo_step(
                     clip_eps_low=grpo.clip_eps_low,
                     clip_eps_high=grpo.clip_eps_high,
                     aggregation=grpo.aggregation,
-                    norm_constant=grpo.norm_constant or None,
+                    norm_constant=norm_constant,
                     ref_logprobs=mb.ref_logprobs,
                     kl_coef=grpo.kl_coef,
                     kl_estimator=grpo.kl_estimator,
@@ -129,7 +144,12 @@ def grpo_step(
                     raise NonFiniteError(f"step {state.step}: policy/grad_norm is {gn.item()} (non-finite)")
                 state.optimizer.step()
                 lm["policy/grad_norm"] = gn.item()
-    m.update(lm)
+                lms.append(lm)
+
+    # loss/ and policy/ metrics: mean over every minibatch of every epoch (as verl and TRL report them)
+    for k in {k for d in lms for k in d}:
+        vals = [d[k] for d in lms if k in d]
+        m[k] = sum(vals) / len(vals)
     if b.is_guide.any():
         m["guide/on_solved"] = (b.rewards[~b.is_guide] > grpo.correct_threshold).float().mean().item()
     m["charts/completion_tokens"] = b.mask.sum(-1).float().mean().item()
@@ -171,6 +191,8 @@ def train(
     """Train ``run.steps`` steps of ``method`` ("grpo" or "npo") on ``state``; evaluate along the way
     (with ``state.backend.evaluate`` unless ``evaluate`` is given)."""
     METHODS.get(method)
+    if method == "npo":
+        check_compatible(grpo, npo)
     evaluate = evaluate or state.backend.evaluate
     log = logger or NullLogger()
     source = NearFutureGuide(npo, run.steps) if method == "npo" else None

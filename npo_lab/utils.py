@@ -22,11 +22,14 @@ def seed_everything(seed: int) -> None:
 def capture_rng() -> dict[str, Any]:
     """The state of every global RNG, as plain Python/tensor objects (safe for ``weights_only`` loading)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached)),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -36,14 +39,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class PromptSampler:
     """Draws prompt ids without replacement, reshuffling every epoch; its cursor is part of the run state.
 
     >>> s = PromptSampler(5, seed=0); a = s.next(3); st = s.state_dict(); b = s.next(4)
-    >>> s.load_state_dict(st); s.next(4) == b
-    True
+    >>> s.load_state_dict(st); s.next(4) == b, len(set(b))
+    (True, 4)
     """
 
     def __init__(self, n_prompts: int, seed: int) -> None:
@@ -59,14 +64,16 @@ class PromptSampler:
         return order
 
     def next(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._perm(self.epoch)
-            take = min(k - len(out), self.n - self.pos)
-            out.extend(self._order[self.pos : self.pos + take])
-            self.pos += take
+        """``k`` distinct prompt ids. When the current epoch has fewer than ``k`` left, the rest of it is
+        skipped and a new shuffled epoch starts (like ``drop_last``), so no prompt appears twice in a batch:
+        two groups with one id would be merged by the group statistics."""
+        if not 1 <= k <= self.n:
+            raise ValueError(f"cannot draw {k} distinct prompts per step from {self.n} training prompts")
+        if self.n - self.pos < k:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._perm(self.epoch)
+        out = self._order[self.pos : self.pos + k]
+        self.pos += k
         return out
 
     def state_dict(self) -> dict[str, int]:

@@ -84,3 +84,28 @@ def test_bad_model_config():
         TinyLMConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="model.warm_styles"):
         TinyLMConfig(warm_styles="bare,latex")
+
+
+def test_pad_inside_an_answer_is_graded_wrong_and_never_sampled(tiny_arith):
+    from npo_lab.envs.arithmetic import PAD
+
+    # decode keeps a stray pad before the end token, so the verifier sees it
+    assert decode(encode("2.34$") + [PAD, PAD]) == "2.34$"
+    assert score(decode(encode("2.34$")), 432) == 0.0
+    be = tiny_arith(seed=6)  # untrained: uniform-ish over the vocabulary
+    b = be.rollout(list(range(32)), 8)
+    for e in b.extras:
+        toks = e["completion"].tolist()
+        assert PAD not in toks  # the pad token is not an action
+    assert torch.isfinite(b.behavior_logprobs).all()
+
+
+def test_sampler_never_repeats_a_prompt_within_a_batch():
+    from npo_lab.utils import PromptSampler
+
+    s = PromptSampler(100, seed=0)
+    for _ in range(300):  # 100 is not a multiple of 16: epochs end mid-batch
+        ids = s.next(16)
+        assert len(set(ids)) == 16
+    with pytest.raises(ValueError, match="distinct prompts"):
+        PromptSampler(4, seed=0).next(5)

@@ -66,6 +66,24 @@ def test_unknown_config_key_suggests_the_nearest(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ('seeds = "4"\n', "'seeds' must be of type int"),
+        ("[npo]\ninterventions = [0, 1.5]\n", "'npo.interventions' must be a list of integers"),
+        ('[grpo]\nadvantage = "ppo"\n', "'grpo.advantage' must be one of"),
+        ("[npo]\nguide_slots = 8\n", "npo.guide_slots must be < grpo.group_size=8"),
+        ("[task\ndigits = 3\n", "could not be parsed"),
+    ],
+)
+def test_bad_config_file_values(tmp_path, text, msg):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    r = cli("compare", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
 def test_unknown_command():
     r = cli("trian")
     assert r.returncode == 2 and "did you mean 'train'" in r.stderr

@@ -31,7 +31,7 @@ def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
         if g not in first:
             first[g] = len(uniq)
             uniq.append(g)
-    inverse = torch.tensor([first[g] for g in group_ids.tolist()], dtype=torch.long)
+    inverse = torch.tensor([first[g] for g in group_ids.tolist()], dtype=torch.long, device=group_ids.device)
     return inverse, len(uniq)
 
 
@@ -47,9 +47,10 @@ def group_mean_std(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, T
     """
     inv, n = group_index(group_ids)
     values = values.to(torch.float64)
-    count = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, torch.ones_like(values))  # (G,)
-    total = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, values)
+    zeros = torch.zeros(n, dtype=torch.float64, device=values.device)
+    count = zeros.clone().index_add_(0, inv, torch.ones_like(values))  # (G,)
+    total = zeros.clone().index_add_(0, inv, values)
     mean = total / count
-    sq = torch.zeros(n, dtype=torch.float64).index_add_(0, inv, (values - mean[inv]) ** 2)
+    sq = zeros.clone().index_add_(0, inv, (values - mean[inv]) ** 2)
     std = torch.sqrt(sq / (count - 1).clamp(min=1.0))
     return mean[inv], std[inv], count[inv]

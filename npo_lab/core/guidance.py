@@ -74,7 +74,7 @@ def merge_guides(
     if k < 1:
         raise ValueError(f"k (guide slots per group) must be >= 1, got {k}")
     n_on = on_policy.size
-    guides = guides.replace(is_guide=torch.ones(guides.size, dtype=torch.bool))
+    guides = guides.replace(is_guide=torch.ones(guides.size, dtype=torch.bool, device=guides.is_guide.device))
     combined = RolloutBatch.cat([on_policy, guides])
 
     correct_guides: dict[int, list[int]] = {}
@@ -110,7 +110,7 @@ def merge_guides(
             index[tgt] = src
         injected += 1
 
-    merged = combined.select(index)
+    merged = combined.select(index).trim()  # unused longer guide candidates must not widen the batch
     n_groups = max(len(rows_of), 1)
     metrics = {
         "guide/gated_frac": len(gated_set & set(rows_of)) / n_groups,

@@ -11,7 +11,8 @@ Guide rows (``is_guide``) can be treated three ways (``guide_loss``); see docs/a
   formula above, with ``old_logp`` recomputed by the current policy on the guide tokens.
 * ``shaped`` (LUFFY, arXiv 2504.14945): l = -A * f(p), p = exp(logp), f(p) = p / (p + gamma), unclipped.
 * ``importance``: rho_b = exp(logp - behavior_logp), the ratio to the policy that sampled the row,
-  truncated above at ``is_cap``: l = -A * min(rho_b, is_cap).
+  truncated above at ``is_cap`` and held constant: grad l = -A * min(rho_b, is_cap) * grad logp
+  (truncated importance sampling, as verl's ``tis_imp_ratio_cap``).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def policy_loss(
     loss_mat = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
     clipped_tok = ((ratio * adv) > (clipped * adv)).float()
 
-    guide = torch.zeros(mask.shape[0], dtype=torch.bool) if is_guide is None else is_guide
+    guide = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device) if is_guide is None else is_guide
     if guide.any() and guide_loss != "on_policy":
         if guide_loss == "shaped":
             # LUFFY's regularised importance sampling: pi_teacher taken as 1, f(p) = p / (p + gamma), no clip
@@ -123,9 +124,11 @@ def policy_loss(
         else:
             if behavior_logprobs is None:
                 raise ValueError("guide_loss='importance' needs behavior_logprobs")
-            # truncated importance weight toward the policy that sampled the guide row
+            # truncated importance sampling toward the policy that sampled the guide row: the weight
+            # min(rho_b, c) is a constant; its gradient flows through log pi (value: -A * min(rho_b, c))
             rho_b = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
-            guide_mat = -adv * torch.clamp(rho_b, max=is_cap)
+            weight = torch.clamp(rho_b, max=is_cap).detach()
+            guide_mat = -adv * weight * torch.exp(logprobs - logprobs.detach())
         g = guide.unsqueeze(-1)  # (B, 1)
         loss_mat = torch.where(g, guide_mat, loss_mat)
         clipped_tok = torch.where(g, torch.zeros_like(clipped_tok), clipped_tok)

@@ -71,3 +71,10 @@ def test_merge_rejects_bad_k_and_slot():
         merge_guides(on, g, [1], k=0)
     with pytest.raises(ValueError, match="slot"):
         merge_guides(on, g, [1], slot="first")
+
+
+def test_unused_longer_guide_candidates_do_not_widen_the_batch():
+    on = make_batch([0, 0, 0, 0], [1] * 4, t=3)
+    guides = make_batch([0, 0], [1, 1], t=7, tag=-1.0)  # long but wrong: never used
+    merged, _ = merge_guides(on, guides, gated=[1], k=1)
+    assert merged.mask.shape[1] == 3

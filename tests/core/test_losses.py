@@ -80,21 +80,15 @@ def test_guide_shaped_by_hand():
 
 
 def test_guide_importance_truncated():
-    logp = torch.zeros(2, 3)
+    logp = torch.zeros(2, 3, requires_grad=True)
     behavior = torch.tensor([[0.0, 0.0, 0.0], [-2.0, 0.0, 0.0]])  # rho_b = e^2 = 7.4 -> capped at 2, then 1, 1
     g = torch.tensor([False, True])
-    loss, _ = policy_loss(
-        logp,
-        logp,
-        ADV,
-        MASK,
-        is_guide=g,
-        behavior_logprobs=behavior,
-        guide_loss="importance",
-        is_cap=2.0,
-        aggregation="sum_norm",
-    )
+    kw = dict(is_guide=g, guide_loss="importance", is_cap=2.0, aggregation="sum_norm")
+    loss, _ = policy_loss(logp, logp.detach(), ADV, MASK, behavior_logprobs=behavior, **kw)
     assert loss.item() == pytest.approx((-3.0 + 2.0 * (2.0 + 1.0)) / 6)
+    loss.backward()
+    # the capped token still learns, with the constant weight min(rho_b, c) = 2: dl/dlogp = -A * 2 / (B * T)
+    assert logp.grad[1].tolist() == pytest.approx([4 / 6, 2 / 6, 0.0])
     with pytest.raises(ValueError, match="behavior_logprobs"):
         policy_loss(logp, logp, ADV, MASK, is_guide=g, guide_loss="importance")
 
