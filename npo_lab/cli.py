@@ -15,6 +15,7 @@ import difflib
 import functools
 import json
 import shlex
+import signal
 import sys
 import time
 import typing
@@ -22,15 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, check_compatible, parse_method
+from npo_lab.config import METHODS, GRPOConfig, NPOConfig, RunConfig, check_compatible, parse_method
 from npo_lab.envs.config import TinyLMConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
-METHOD_NAMES = ("grpo", "npo")
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    """A run's length and outputs, plus the task, the policy, the GRPO step and NPO (shared by the commands)."""
+
+    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    model: TinyLMConfig = field(default_factory=TinyLMConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    npo: NPOConfig = field(default_factory=NPOConfig)
 
 
 @dataclass
-class CompareCommand(RunConfig):
+class CompareCommand(ExperimentConfig):
     """Compare methods on the built-in verifiable arithmetic task over several seeds."""
 
     steps: int = 400
@@ -59,16 +68,12 @@ class CompareCommand(RunConfig):
     reach the baseline's peak']"""
     bootstrap: int = 2000
     """Bootstrap resamples for the confidence intervals."""
-    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    model: TinyLMConfig = field(default_factory=TinyLMConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    npo: NPOConfig = field(default_factory=NPOConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         names = self.method_list
         if not names:
-            raise ValueError(f"methods must list at least one of {list(METHOD_NAMES)}, got {self.methods!r}")
+            raise ValueError(f"methods must list at least one of {list(METHODS)}, got {self.methods!r}")
         if len(set(names)) != len(names):
             raise ValueError(f"methods lists a method twice: {self.methods!r}")
         for spec in names:
@@ -92,32 +97,25 @@ class CompareCommand(RunConfig):
 
 
 @dataclass
-class TrainCommand(RunConfig):
+class TrainCommand(ExperimentConfig):
     """Train one method on one seed, logging to CSV and TensorBoard and saving checkpoints."""
 
     method: str = "npo"
-    """Method: grpo or npo."""
+    """Method: grpo or npo, optionally with npo overrides as in compare's --methods (e.g. npo:delta=5)."""
     seed: int = 0
     """Seed of the run (model init, warm start, sampling)."""
     out: str = "runs"
     """Parent folder; the run writes to <out>/<task>__<method>__<seed>__<unix time>/."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
-    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    model: TinyLMConfig = field(default_factory=TinyLMConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    npo: NPOConfig = field(default_factory=NPOConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.method not in METHOD_NAMES:
-            near = difflib.get_close_matches(self.method, METHOD_NAMES, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(f"method must be one of {list(METHOD_NAMES)}, got {self.method!r}{hint}")
+        name, npo = parse_method(self.method, self.npo)
+        if name == "npo":
+            check_compatible(self.grpo, npo)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
-        if self.method == "npo":
-            check_compatible(self.grpo, self.npo)
 
 
 COMMANDS: dict[str, type] = {"compare": CompareCommand, "train": TrainCommand}
@@ -276,7 +274,8 @@ def run_train(cfg: TrainCommand) -> Any:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run_dir = Path(cfg.out) / f"{cfg.task.name}__{cfg.method}__{cfg.seed}__{int(time.time())}"
+    label = cfg.method.replace(":", "_").replace("=", "-")
+    run_dir = Path(cfg.out) / f"{cfg.task.name}__{label}__{cfg.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     print(f"run folder: {run_dir}")
@@ -298,13 +297,13 @@ def run_train(cfg: TrainCommand) -> Any:
     from tqdm import tqdm
 
     with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step") as bar:
+        method, npo = parse_method(cfg.method, cfg.npo)
         res = train(
             state,
-            cfg.method,
+            method,
             cfg,
             cfg.grpo,
-            cfg.npo,
-            backend.evaluate,
+            npo,
             seed=cfg.seed,
             logger=logger,
             on_step=bar.update,
@@ -332,6 +331,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 USAGE = __doc__ or ""
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -348,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:  # config validation: stop before any work, naming the field
         print(f"npo-lab {command}: error: {e}", file=sys.stderr)
         return 2
+    # a terminated run (SIGTERM) unwinds like Ctrl-C, so worker processes are stopped and files closed
+    signal.signal(signal.SIGTERM, _interrupt)
     if command == "compare":
         run_compare(cfg, shlex.join(["npo-lab", "compare", *argv[1:]]))
     else:

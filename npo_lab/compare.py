@@ -14,7 +14,6 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -328,15 +327,24 @@ def compare(
         ctx = mp.get_context("spawn")  # no fork after torch has started threads
         with ctx.Manager() as manager:
             q = manager.Queue()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(run_seed, job, q) for job in jobs]
-                while not all(f.done() for f in futures):
+            pool = ctx.Pool(workers)
+            try:
+                pending = [pool.apply_async(run_seed, (job, q)) for job in jobs]
+                while not all(a.ready() for a in pending):
+                    if any(a.ready() and not a.successful() for a in pending):
+                        break  # a seed failed: report it now rather than after the others finish
                     try:
                         bar.update(q.get(timeout=0.2))
                     except queue.Empty:
                         pass
-                for f in futures:
-                    results += f.result()  # re-raises a worker's error here
+                for a in pending:
+                    results += a.get()  # re-raises a worker's error here
+                pool.close()
+            except BaseException:
+                pool.terminate()  # Ctrl-C, SIGTERM or a failed seed: stop every worker, leave no orphans
+                raise
+            finally:
+                pool.join()
             while not q.empty():
                 bar.update(q.get())
     bar.close()

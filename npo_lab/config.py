@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+METHODS = {
+    "grpo": "plain GRPO: no guide rows",
+    "npo": "NPO: guides from the run's own near-future checkpoint (manual schedule)",
+}
+"""The methods one run can train, by name (docs/methods.md maps each to its paper and its config)."""
+
 
 def _check(cond: bool, field: str, got: object, allowed: str) -> None:
     if not cond:
@@ -190,7 +196,7 @@ def check_compatible(grpo: GRPOConfig, npo: NPOConfig, label: str = "npo") -> No
     )
 
 
-def parse_method(spec: str, npo: NPOConfig, known: tuple[str, ...] = ("grpo", "npo")) -> tuple[str, NPOConfig]:
+def parse_method(spec: str, npo: NPOConfig) -> tuple[str, NPOConfig]:
     """Resolve a method spec ``name[:field=value[:field=value...]]`` into (method name, its NPOConfig).
 
     Overrides set NPOConfig fields for that method only, so one comparison can hold variants side by side,
@@ -202,6 +208,7 @@ def parse_method(spec: str, npo: NPOConfig, known: tuple[str, ...] = ("grpo", "n
     import dataclasses
     import difflib
 
+    known = list(METHODS)
     name, *overrides = spec.strip().split(":")
     if name not in known:
         near = difflib.get_close_matches(name, known, n=1)

@@ -14,18 +14,13 @@ from typing import Any
 import torch
 
 from npo_lab.backend import Backend, Checkpoint
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, check_compatible
+from npo_lab.config import METHODS, GRPOConfig, NPOConfig, RunConfig, check_compatible
 from npo_lab.core.advantages import group_advantages
 from npo_lab.core.guidance import group_accuracy, guide_gate, merge_guides
 from npo_lab.core.losses import policy_loss
 from npo_lab.metrics import Logger, NullLogger
 from npo_lab.npo import NearFutureGuide
-from npo_lab.registry import Registry
 from npo_lab.utils import PromptSampler, timed
-
-METHODS: Registry[str] = Registry("method")
-METHODS.register("grpo")("plain GRPO: no guide rows")
-METHODS.register("npo")("NPO: guides from the run's own near-future checkpoint (manual schedule)")
 
 
 class NonFiniteError(RuntimeError):
@@ -190,7 +185,8 @@ def train(
 ) -> RunResult:
     """Train ``run.steps`` steps of ``method`` ("grpo" or "npo") on ``state``; evaluate along the way
     (with ``state.backend.evaluate`` unless ``evaluate`` is given)."""
-    METHODS.get(method)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     if method == "npo":
         check_compatible(grpo, npo)
     evaluate = evaluate or state.backend.evaluate

@@ -198,3 +198,52 @@ def test_train_logs_csv_tensorboard_and_checkpoints(tmp_path):
     assert doc["step"] == 4 and "weights" in doc["policy"]
     result = json.loads((run / "result.json").read_text())
     assert result["lookahead_steps"] == 1 and len(result["evals"]) == 3
+
+
+def test_sigterm_stops_compare_workers(tmp_path):
+    """A terminated comparison leaves no worker processes running (they would eat the CPU of later runs)."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "npo_lab",
+            "compare",
+            "--steps",
+            "2000",
+            "--seeds",
+            "2",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+            *TINY,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children():
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    deadline = time.time() + 60
+    while len(children()) < 3 and time.time() < deadline:  # a manager and two workers
+        time.sleep(0.5)
+    kids = children()
+    assert len(kids) >= 3, "the comparison never started its workers"
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    time.sleep(1)
+    alive = []
+    for pid in kids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"orphaned workers: {alive}"
