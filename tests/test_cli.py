@@ -230,20 +230,28 @@ def test_sigterm_stops_compare_workers(tmp_path):
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
-    deadline = time.time() + 60
-    while len(children()) < 3 and time.time() < deadline:  # a manager and two workers
-        time.sleep(0.5)
-    kids = children()
-    assert len(kids) >= 3, "the comparison never started its workers"
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    time.sleep(1)
-    alive = []
-    for pid in kids:
-        try:
-            os.kill(pid, 0)
-            alive.append(pid)
-        except ProcessLookupError:
-            pass
-    assert not alive, f"orphaned workers: {alive}"
+    def alive(pids):
+        live = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                live.append(pid)
+            except ProcessLookupError:
+                pass
+        return live
+
+    kids: list[int] = []
+    try:
+        deadline = time.time() + 240  # generous: a busy 2-core machine starts spawn workers slowly
+        while len(kids) < 3 and time.time() < deadline:  # a manager and two workers
+            time.sleep(0.5)
+            kids = children()
+        assert len(kids) >= 3, "the comparison never started its workers"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        time.sleep(1)
+        assert not alive(kids), f"orphaned workers: {alive(kids)}"
+    finally:  # whatever happened, leave nothing running
+        for pid in alive(kids + [proc.pid]):
+            os.kill(pid, signal.SIGKILL)
