@@ -353,10 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # a terminated run (SIGTERM) unwinds like Ctrl-C, so worker processes are stopped and files closed
     signal.signal(signal.SIGTERM, _interrupt)
-    if command == "compare":
-        run_compare(cfg, shlex.join(["npo-lab", "compare", *argv[1:]]))
-    else:
-        run_train(cfg)
+    try:
+        if command == "compare":
+            run_compare(cfg, shlex.join(["npo-lab", "compare", *argv[1:]]))
+        else:
+            run_train(cfg)
+    except KeyboardInterrupt:
+        print(f"npo-lab {command}: interrupted; the files written so far are kept and no worker is left running", file=sys.stderr)
+        return 130
     return 0
 
 

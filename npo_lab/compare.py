@@ -185,10 +185,23 @@ def aggregate(
         for key, src in (("speedup", "steps_to_target"), ("speedup_with_lookahead", "steps_to_target_with_lookahead")):
             v = mm[src]["median"]
             mm[key] = base / v if (base is not None and v) else None
+        # seeds are paired (every method starts from the same warm-started checkpoint of a seed), so the
+        # per-seed difference to the baseline is the sharper comparison
+        mm.update(paired_vs_baseline(by_method[baseline], by_method[m], n_boot))
     return out
 
 
-def _fmt(s: dict[str, Any], digits: int = 3) -> str:
+def paired_vs_baseline(base_runs: list[dict[str, Any]], runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    """Per-seed final-accuracy differences to the baseline: median [CI] and seeds better / equal / worse."""
+    base_final = {r["seed"]: r["final_accuracy"] for r in base_runs}
+    diffs = [r["final_accuracy"] - base_final[r["seed"]] for r in runs if r["seed"] in base_final]
+    return {
+        "paired_final_delta": _summary(diffs, n_boot),
+        "wins": [sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), sum(d < 0 for d in diffs)],
+    }
+
+
+def fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
     def f(x: float | None) -> str:
         return "not reached" if x is None else (f"{x:.{digits}f}" if digits else f"{x:.0f}")
 
@@ -212,10 +225,24 @@ def write_report(doc: dict[str, Any], path: Path, command: str, seeds: list[int]
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         spl = "-" if r["speedup_with_lookahead"] is None else f"{r['speedup_with_lookahead']:.2f}x"
         lines.append(
-            f"| {m} | {_fmt(r['final_accuracy'])} | {_fmt(r['steps_to_target'], 0)} | "
-            f"{_fmt(r['steps_to_target_with_lookahead'], 0)} | {r['reached_target']}/{len(r['per_seed'])} | "
+            f"| {m} | {fmt_ci(r['final_accuracy'])} | {fmt_ci(r['steps_to_target'], 0)} | "
+            f"{fmt_ci(r['steps_to_target_with_lookahead'], 0)} | {r['reached_target']}/{len(r['per_seed'])} | "
             f"{sp} ({spl}) | {r['lookahead_steps']} steps, {r['lookahead_s']:.1f} s | {r['wall_s']:.1f} s |"
         )
+    others = [m for m in doc["methods"] if m != doc["baseline"]]
+    if others:
+        lines += [
+            "",
+            f"Paired by seed (each seed's methods start from the same checkpoint): final accuracy minus "
+            f"{doc['baseline']}'s, median [95% CI], and seeds better / equal / worse.",
+            "",
+            "| method | final accuracy − baseline | better / equal / worse |",
+            "|---|---|---|",
+        ]
+        for m in others:
+            r = doc["methods"][m]
+            w = r["wins"]
+            lines.append(f"| {m} | {fmt_ci(r['paired_final_delta'])} | {w[0]} / {w[1]} / {w[2]} |")
     base = doc["methods"][doc["baseline"]]
     rg = base["regimes"]
     finals = sorted(p["final_accuracy"] for p in base["per_seed"])

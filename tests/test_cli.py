@@ -234,10 +234,12 @@ def test_sigterm_stops_compare_workers(tmp_path):
         live = []
         for pid in pids:
             try:
-                os.kill(pid, 0)
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                continue
+            if state != "Z":  # a zombie has exited; only its parent's reaping is pending
                 live.append(pid)
-            except ProcessLookupError:
-                pass
         return live
 
     kids: list[int] = []
@@ -249,8 +251,10 @@ def test_sigterm_stops_compare_workers(tmp_path):
         assert len(kids) >= 3, "the comparison never started its workers"
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-        time.sleep(1)
+        assert proc.wait(timeout=120) == 130
+        deadline = time.time() + 30  # the resource tracker exits once its last client is gone
+        while alive(kids) and time.time() < deadline:
+            time.sleep(0.5)
         assert not alive(kids), f"orphaned workers: {alive(kids)}"
     finally:  # whatever happened, leave nothing running
         for pid in alive(kids + [proc.pid]):

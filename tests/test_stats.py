@@ -43,6 +43,8 @@ def test_aggregate_speedups_by_hand():
     assert n["steps_to_target_with_lookahead"]["median"] == 25
     assert n["speedup"] == pytest.approx(1.5) and n["speedup_with_lookahead"] == pytest.approx(30 / 25)
     assert g["speedup"] == pytest.approx(1.0) and n["lookahead_steps"] == 5
+    # paired by seed: every npo seed ends equal to its grpo seed (both reach 1.0)
+    assert n["paired_final_delta"]["median"] == 0.0 and n["wins"] == [0, 3, 0]
 
 
 def test_unreached_target_is_reported_not_hidden():
@@ -72,3 +74,12 @@ def test_median_band_shapes():
 
     med, lo, hi = median_band(np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]]), n_boot=100)
     assert med.tolist() == [1.0, 2.0] and (lo <= med).all() and (med <= hi).all()
+
+
+def test_paired_difference_and_wins():
+    runs = [fake_run("grpo", s, [(0, 0.0), (10, 0.5)], final=f) for s, f in enumerate([0.5, 0.6, 0.7])]
+    runs += [fake_run("npo", s, [(0, 0.0), (10, 0.5)], final=f) for s, f in enumerate([0.7, 0.6, 0.6])]
+    doc = aggregate(runs, ["grpo", "npo"], target=0.5, target_fraction=0.9, n_boot=200)
+    n = doc["methods"]["npo"]
+    assert n["wins"] == [1, 1, 1]  # seed 0 better by 0.2, seed 1 equal, seed 2 worse by 0.1
+    assert n["paired_final_delta"]["median"] == pytest.approx(0.0)
