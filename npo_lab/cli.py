@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_train(cfg)
     except KeyboardInterrupt:
-        print(f"npo-lab {command}: interrupted; the files written so far are kept and no worker is left running", file=sys.stderr)
+        msg = "interrupted; the files written so far are kept and no worker is left running"
+        print(f"npo-lab {command}: {msg}", file=sys.stderr)
         return 130
     return 0
 
