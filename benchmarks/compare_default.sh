@@ -5,7 +5,7 @@
 #     npo:delta=1 (a control: guides from a policy one step ahead, i.e. "more verified samples" without a
 #     real future), npo:guide_samples=16 (a stronger guide search), a periodic refresh every 50 steps,
 #     and a later plateau intervention (steps 0 and 250 instead of 0 and 100).
-# Usage: bash benchmarks/compare_default.sh [OUT_DIR]      (about 35 minutes in all)
+# Usage: bash benchmarks/compare_default.sh [OUT_DIR]      (about 33 minutes in all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/bench}

@@ -16,7 +16,8 @@ class TinyLMConfig:
     n_head: int = 4
     """Attention heads (must divide d_model)."""
     temperature: float = 1.0
-    """Sampling temperature for training rollouts (1.0 keeps behaviour log-probs equal to the policy's)."""
+    """Policy temperature: logits are divided by it for sampling and for the training log-probs alike
+    (evaluation is greedy)."""
     warm_steps: int = 300
     """Supervised warm-start steps, so RL starts with low but non-zero success. [assumption, tuned]"""
     warm_lr: float = 3e-3

@@ -11,16 +11,17 @@ def test_implements_the_protocol(tiny_arith):
 
 
 def test_rollout_groups_masks_and_rewards(tiny_arith):
-    be = tiny_arith(seed=1, warm_steps=40)
-    b = be.rollout([3, 5, 7], 4)
-    assert b.size == 12 and b.group_ids.tolist() == [3] * 4 + [5] * 4 + [7] * 4
+    be = tiny_arith(seed=1, warm_steps=150)
+    b = be.rollout(list(range(16)), 4)
+    assert b.size == 64 and b.group_ids.tolist() == [p for p in range(16) for _ in range(4)]
     lengths = b.mask.sum(-1).long()
     for i, e in enumerate(b.extras):
-        assert len(e["completion"]) == lengths[i]
         # mask is a prefix of ones; the last unmasked token is the end token unless the length cap was hit
         assert b.mask[i, : lengths[i]].all() and not b.mask[i, lengths[i] :].any()
         text = decode(e["completion"].tolist())
+        assert text.endswith("$") or lengths[i] == be.max_new
         assert b.rewards[i].item() == score(text, be.train_set[e["pid"]].answer)
+    assert 0 < b.rewards.sum() < b.size  # the warm start solves some problems, not all
 
 
 def test_recomputed_logprobs_match_sampling_logprobs(tiny_arith):
@@ -46,6 +47,8 @@ def test_rollout_from_a_checkpoint_leaves_current_weights_alone(tiny_arith):
     # rows sampled from the checkpoint carry the checkpoint's log-probs
     lp_ckpt, _ = be.logprobs(g, policy=ckpt)
     assert torch.allclose(lp_ckpt, g.behavior_logprobs, atol=1e-5)
+    lp_now, _ = be.logprobs(g)  # the shifted current weights give other log-probs
+    assert not torch.allclose(lp_now, g.behavior_logprobs, atol=1e-3)
 
 
 def test_save_load_round_trip_is_exact(tiny_arith):
@@ -70,6 +73,9 @@ def test_warm_start_is_deterministic_and_gives_some_success():
     a, b = ArithmeticBackend(task, cfg, seed=5), ArithmeticBackend(task, cfg, seed=5)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert a.warm_start_loss < 2.0
+    cold = ArithmeticBackend(task, TinyLMConfig(d_model=32, n_head=2, warm_steps=0), seed=5)
+    assert a.warm_start_loss == a.warm_start_loss and cold.warm_start_loss != cold.warm_start_loss  # nan = none
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), cold.parameters()))
 
 
 def test_vocab_round_trip():

@@ -47,9 +47,11 @@ def test_core_imports_neither_gymnasium_nor_transformers():
     assert not {m for m in mods if m.startswith(("npo_lab.envs", "npo_lab.llm"))}
 
 
-def test_cli_help_stays_light():
+def test_cli_module_stays_light():
+    """Building --help needs only the config dataclasses: no torch, no backend."""
     mods = loaded_after_import(["npo_lab.cli"])
     assert not heavy(mods)
+    assert "torch" not in mods and "npo_lab.envs.arithmetic" not in mods
 
 
 def test_envs_never_import_llm_or_transformers():

@@ -159,6 +159,10 @@ def test_compare_writes_report_curves_and_results(tmp_path):
     # config.json reproduces the run: it is accepted back by --config
     saved = json.loads((out / "config.json").read_text())
     assert saved["npo"]["delta"] == 2 and saved["steps"] == 6
+    from npo_lab.cli import CompareCommand, load_config_file
+
+    again = load_config_file(CompareCommand, str(out / "config.json"))
+    assert again.npo.interventions == (0, 3) and again.task.digits == 2 and again.methods == "grpo,npo,npo:delta=1"
     assert (out / "runs" / "npo__seed1" / "metrics.csv").exists()
 
 

@@ -67,6 +67,11 @@ def test_near_misses_and_junk_are_never_correct(completion):
     assert score(completion, 432) == 0.0
 
 
+def test_answer_length_is_bounded():
+    assert extract_answer("2" * 40 + "$") is None  # over the 32-digit cap: not parsed at all
+    assert extract_answer("2" * 32 + "$") == int("2" * 32)
+
+
 def test_scratchpad_is_ignored_and_last_separator_wins():
     assert score("999:234$", 432) == 1.0
     assert score("234:999$", 432) == 0.0

@@ -151,7 +151,7 @@ def policy_loss(
         metrics["policy/entropy"] = masked_mean(entropy.detach(), mask).item()
     with torch.no_grad():
         on = (~guide).unsqueeze(-1).float() * mask  # (B, T) on-policy tokens only
-        # k1-style and k3-style approximate KL(old || new) on on-policy tokens (CleanRL / verl convention)
+        # approximate KL(old || new) = E[(rho - 1) - log rho] on on-policy tokens (CleanRL's approx_kl)
         metrics["policy/approx_kl"] = masked_mean((ratio - 1) - log_ratio, on).item()
         metrics["policy/clipfrac"] = masked_mean(clipped_tok, on).item()
         metrics["policy/ratio_mean"] = masked_mean(ratio, on).item()

@@ -9,7 +9,7 @@ Environment card (``npo_lab/Arith-v0``)
   first when ``reverse_answer`` (the order in which a left-to-right model can compute a sum), optionally
   zero-padded. A scratchpad before the ``:`` (carries, a partial product, the unreduced sum) is ignored.
   So one problem has several valid trajectories, e.g. for 047+385 = 432: ``"234$"``, ``"2340$"``,
-  ``"1100:234$"`` (carries, then the answer): the distance between two policies that both solve it means
+  ``"110:234$"`` (carries, then the answer): the distance between two policies that both solve it means
   something, and so does the variance cost V of learning from another policy's trajectories.
 * **Reward**: 1.0 if the final answer equals the true result, else 0.0. Malformed output scores 0.0; the
   verifier never evaluates model output and bounds the length it reads.
@@ -155,7 +155,7 @@ def format_completion(p: Problem, cfg: ArithmeticConfig, style: str) -> str:
 def extract_answer(completion: str, reverse_answer: bool = True) -> int | None:
     """The graded answer of a completion, or None if it has none (no end token, no digits, junk).
 
-    >>> extract_answer("1100:234$"), extract_answer("2340$"), extract_answer("23x$"), extract_answer("234")
+    >>> extract_answer("110:234$"), extract_answer("2340$"), extract_answer("23x$"), extract_answer("234")
     (432, 432, None, None)
     """
     if not isinstance(completion, str) or END not in completion[: MAX_COMPLETION_CHARS + 1]:
@@ -170,7 +170,7 @@ def extract_answer(completion: str, reverse_answer: bool = True) -> int | None:
 def score(completion: str, answer: int, reverse_answer: bool = True) -> float:
     """1.0 if the completion's final answer equals ``answer``, else 0.0 (never raises on model output).
 
-    >>> score("1100:234$", 432), score("432$", 432), score("", 432)
+    >>> score("110:234$", 432), score("432$", 432), score("", 432)
     (1.0, 0.0, 0.0)
     """
     got = extract_answer(completion, reverse_answer)

@@ -67,7 +67,7 @@ def test_merge_rejects_bad_k_and_slot():
     g = make_batch([1, 1], [1, 1])
     with pytest.raises(ValueError, match="every row"):
         merge_guides(on, g, [1], k=2)
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="guide slots per group"):
         merge_guides(on, g, [1], k=0)
     with pytest.raises(ValueError, match="slot"):
         merge_guides(on, g, [1], slot="first")
