@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -205,15 +204,6 @@ class ArithmeticBackend:
                 opt.step()
                 loss_val = loss.item()
         return loss_val
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "prompt_len": self.prompt_len,
-            "max_new_tokens": self.max_new,
-            "n_train": len(self.train_set),
-            "n_eval": len(self.eval_set),
-        }
 
 
 def make_arithmetic_backend(task: ArithmeticConfig, model: TinyLMConfig, seed: int) -> ArithmeticBackend:

@@ -55,14 +55,3 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not an {FORMAT} file")
     return doc
-
-
-def restore_training_checkpoint(doc: dict[str, Any], state: Any) -> None:
-    """Load a checkpoint document into ``state`` (backend, optimizer, RNGs, data cursor, step)."""
-    from npo_lab.utils import restore_rng
-
-    state.backend.load(doc["policy"])
-    state.optimizer.load_state_dict(doc["optimizer"])
-    restore_rng(doc["rng"])
-    state.sampler.load_state_dict(doc["sampler"])
-    state.step = int(doc["step"])

@@ -145,7 +145,15 @@ def test_method_specs_override_npo_fields_per_method():
         ("ppo", "unknown method"),
         ("npo:gate=high", "npo.gate cannot be"),
         ("npo:delta=0", "npo.delta must be >= 1"),
+        ("npo:slot=first", "npo.slot must be one of 'last', 'incorrect_first'"),
+        ("npo:guide_loss=luffy", "npo.guide_loss must be one of"),
         ("grpo:delta=2", "no npo"),
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_method(bad, NPOConfig())
+
+
+@pytest.mark.parametrize("field", ["advantage", "aggregation", "kl_estimator"])
+def test_grpo_choice_fields_are_validated(field):
+    with pytest.raises(ValueError, match=f"grpo.{field} must be one of"):
+        GRPOConfig(**{field: "nonsense"})

@@ -8,16 +8,12 @@ from torch import Tensor
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Sum of ``x`` where ``mask`` is 1."""
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+    return (x * mask).sum(dim)
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of ``x`` over positions where ``mask`` is 1 (0 when the mask is empty)."""
-    return (
-        masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1.0)
-        if dim is not None
-        else (masked_sum(x, mask) / mask.sum().clamp(min=1.0))
-    )
+    return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1.0)
 
 
 def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
