@@ -171,19 +171,25 @@ class ArithmeticBackend:
 
     def _warm_start(self) -> float:
         """Supervised steps on easier problems (plus a few full ones) in several completion styles."""
-        rng = random.Random(self.seed * 31 + 17)
-        cfg, task = self.cfg, self.task
+        cfg = self.cfg
         styles = [s for s in cfg.warm_styles.split(",") if s]
+        return self._supervised(self.model, self.seed, cfg.warm_steps, styles, cfg.warm_full_frac)
+
+    def _supervised(self, model: TinyCharLM, seed: int, steps: int, styles: list[str], full_frac: float) -> float:
+        """Teacher-forced training of ``model`` on correct completions in ``styles``: a fraction ``full_frac``
+        of full-difficulty training problems, the rest easier ones (never an evaluation problem)."""
+        rng = random.Random(seed * 31 + 17)
+        cfg, task = self.cfg, self.task
         eval_pairs = {(p.a, p.b) for p in self.eval_set}
         easy_hi = 10 ** min(cfg.warm_easy_digits, task.digits)
-        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.warm_lr)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.warm_lr)
         loss_val = float("nan")
         with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            for _ in range(cfg.warm_steps):
+            torch.manual_seed(seed)
+            for _ in range(steps):
                 probs: list[Problem] = []
                 while len(probs) < cfg.warm_batch:
-                    if rng.random() < cfg.warm_full_frac:
+                    if rng.random() < full_frac:
                         probs.append(self.train_set[rng.randrange(len(self.train_set))])
                         continue
                     a, b = rng.randrange(easy_hi), rng.randrange(easy_hi)
@@ -194,7 +200,7 @@ class ArithmeticBackend:
                 x = torch.full((len(seqs), t), PAD, dtype=torch.long)
                 for i, s in enumerate(seqs):
                     x[i, : len(s)] = torch.tensor(s)
-                logits, _ = self.model(x[:, :-1])
+                logits, _ = model(x[:, :-1])
                 target = x[:, 1:].clone()
                 target[:, : self.prompt_len - 1] = -100  # loss on completion tokens only
                 target[target == PAD] = -100
@@ -204,6 +210,24 @@ class ArithmeticBackend:
                 opt.step()
                 loss_val = loss.item()
         return loss_val
+
+    def teacher(self) -> Checkpoint:
+        """The external teacher for LUFFY: the same architecture trained from its own seed on full-difficulty
+        training problems in ``model.teacher_style`` only (strong, and distributionally far from the student,
+        which never saw that style). Built once per process and configuration, then reused."""
+        key = repr((self.task, self.cfg))
+        if key not in _TEACHERS:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.cfg.teacher_seed)
+                net = TinyCharLM(
+                    len(VOCAB), self.prompt_len + self.max_new, self.cfg.d_model, self.cfg.n_layer, self.cfg.n_head
+                )
+            self._supervised(net, self.cfg.teacher_seed, self.cfg.teacher_steps, [self.cfg.teacher_style], 1.0)
+            _TEACHERS[key] = clone_state(net.state_dict())
+        return {"weights": _TEACHERS[key], "rng": self.gen.get_state()}
+
+
+_TEACHERS: dict[str, dict[str, Tensor]] = {}
 
 
 def make_arithmetic_backend(task: ArithmeticConfig, model: TinyLMConfig, seed: int) -> ArithmeticBackend:

@@ -31,6 +31,14 @@ class TinyLMConfig:
     """Fraction of warm-start problems drawn at full difficulty from the training split."""
     warm_styles: str = "bare,padded,scratch"
     """Completion styles of the warm-start targets, sampled uniformly (several valid trajectories per problem)."""
+    teacher_style: str = "alt"
+    """Completion style of the external teacher (LUFFY's source): a style the student was not warm-started on,
+    so the teacher's correct rows are unlikely under the student (strong but far). [assumption]"""
+    teacher_steps: int = 1500
+    """Supervised steps of the teacher, on full-difficulty training problems in teacher_style only. [assumption:
+    enough for a strong teacher]"""
+    teacher_seed: int = 99
+    """Seed of the teacher's initialisation and data (one fixed external teacher for every student seed)."""
 
     def __post_init__(self) -> None:
         if self.d_model < 8 or self.n_head < 1 or self.d_model % self.n_head:
@@ -46,8 +54,14 @@ class TinyLMConfig:
         if not 0.0 <= self.warm_full_frac <= 1.0:
             raise ValueError(f"model.warm_full_frac must be in [0, 1], got {self.warm_full_frac}")
         styles = [s for s in self.warm_styles.split(",") if s]
-        bad = [s for s in styles if s not in ("bare", "padded", "scratch")]
+        bad = [s for s in styles if s not in ("bare", "padded", "scratch", "alt")]
         if not styles or bad:
             raise ValueError(
-                f"model.warm_styles must be a comma list of bare, padded, scratch; got {self.warm_styles!r}"
+                f"model.warm_styles must be a comma list of bare, padded, scratch, alt; got {self.warm_styles!r}"
             )
+        if self.teacher_style not in ("bare", "padded", "scratch", "alt"):
+            raise ValueError(
+                f"model.teacher_style must be one of bare, padded, scratch, alt; got {self.teacher_style!r}"
+            )
+        if self.teacher_steps < 1:
+            raise ValueError(f"model.teacher_steps must be >= 1, got {self.teacher_steps}")

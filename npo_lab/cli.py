@@ -1,10 +1,12 @@
 """``npo-lab``: the composition root, the only module that names a backend.
 
-    npo-lab compare [--config FILE] [flags]   GRPO vs NPO over seeds -> report.md, curves.png, results.json
-    npo-lab train   [--config FILE] [flags]   one method, one seed -> metrics.csv, TensorBoard, checkpoints
+    npo-lab compare [--config FILE] [flags]   methods over seeds -> report.md, curves.png, results.json
+    npo-lab train   [--config FILE] [flags]   one method, one seed -> metrics.csv, events, TensorBoard, checkpoints
+    npo-lab qvs     [--config FILE] [flags]   Q, V, S of near-future, past and teacher sources -> qvs.png, qvs.json
 
 Every flag comes from a typed, documented config field (``--help`` lists them). ``--config`` reads a TOML or
-JSON file with the same names (nested sections ``[task]``, ``[model]``, ``[grpo]``, ``[npo]``); flags given
+JSON file with the same names (nested sections ``[task]``, ``[model]``, ``[grpo]``, ``[npo]``, ``[autonpo]``,
+``[luffy]``, ``[exgrpo]``, ``[rlep]``); flags given
 on the command line override the file.
 """
 
@@ -23,19 +25,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npo_lab.config import METHODS, GRPOConfig, NPOConfig, RunConfig, check_compatible, parse_method
+from npo_lab.config import (
+    METHODS,
+    AutoNPOConfig,
+    ExGRPOConfig,
+    GRPOConfig,
+    LuffyConfig,
+    MethodConfigs,
+    NPOConfig,
+    RLEPConfig,
+    RunConfig,
+    check_compatible,
+    parse_method,
+)
 from npo_lab.envs.config import TinyLMConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
 
 @dataclass
 class ExperimentConfig(RunConfig):
-    """A run's length and outputs, plus the task, the policy, the GRPO step and NPO (shared by the commands)."""
+    """A run's length and outputs, plus the task, the policy, the GRPO step and every method's settings."""
 
     task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     model: TinyLMConfig = field(default_factory=TinyLMConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     npo: NPOConfig = field(default_factory=NPOConfig)
+    autonpo: AutoNPOConfig = field(default_factory=AutoNPOConfig)
+    luffy: LuffyConfig = field(default_factory=LuffyConfig)
+    exgrpo: ExGRPOConfig = field(default_factory=ExGRPOConfig)
+    rlep: RLEPConfig = field(default_factory=RLEPConfig)
+
+    @property
+    def method_configs(self) -> MethodConfigs:
+        return MethodConfigs(self.npo, self.autonpo, self.luffy, self.exgrpo, self.rlep)
+
+    def check_method(self, spec: str) -> None:
+        """Parse a method spec and run its cross-field checks (errors name the spec and the field)."""
+        name, cfgs = parse_method(spec, self.method_configs)
+        check_compatible(self.grpo, cfgs, name, "" if ":" not in spec else f"methods {spec!r}")
 
 
 @dataclass
@@ -50,9 +77,10 @@ class CompareCommand(ExperimentConfig):
     """Also write TensorBoard files for every run (CSV metrics are always written)."""
     checkpoint_every: int = 0
     """Save a training checkpoint of every run every this many steps (and at the end); 0 saves none."""
-    methods: str = "grpo,npo"
-    """Comma-separated methods; the first is the baseline for the target and the speed-ups. A method may carry
-    npo overrides for side-by-side variants: 'grpo,npo,npo:delta=1,npo:guide_samples=16:interventions=0+250'."""
+    methods: str = "grpo,npo,autonpo,luffy,exgrpo,rlep"
+    """Comma-separated methods (grpo, npo, autonpo, luffy, exgrpo, rlep); the first is the baseline for the target
+    and the speed-ups. A method may carry overrides of its own section for side-by-side variants:
+    'grpo,npo,npo:delta=1,npo:guide_samples=16:interventions=0+250,autonpo:cooldown=40'."""
     seeds: int = 4
     """Number of seeds (seeds first_seed .. first_seed + seeds - 1)."""
     first_seed: int = 0
@@ -77,9 +105,7 @@ class CompareCommand(ExperimentConfig):
         if len(set(names)) != len(names):
             raise ValueError(f"methods lists a method twice: {self.methods!r}")
         for spec in names:
-            name, npo = parse_method(spec, self.npo)
-            if name == "npo":
-                check_compatible(self.grpo, npo, "npo" if spec == "npo" else f"methods {spec!r}: npo")
+            self.check_method(spec)
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.workers < 0:
@@ -101,7 +127,11 @@ class TrainCommand(ExperimentConfig):
     """Train one method on one seed, logging to CSV and TensorBoard and saving checkpoints."""
 
     method: str = "npo"
-    """Method: grpo or npo, optionally with npo overrides as in compare's --methods (e.g. npo:delta=5)."""
+    """Method: grpo, npo, autonpo, luffy, exgrpo or rlep, optionally with overrides as in compare's --methods
+    (e.g. npo:delta=5)."""
+    previous: str = ""
+    """rlep only: a checkpoint file written by 'npo-lab train' whose policy decodes the replay pool; empty = train
+    a plain GRPO run of rlep.source_steps (or steps) steps first, unlogged."""
     seed: int = 0
     """Seed of the run (model init, warm start, sampling)."""
     out: str = "runs"
@@ -111,14 +141,53 @@ class TrainCommand(ExperimentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name, npo = parse_method(self.method, self.npo)
-        if name == "npo":
-            check_compatible(self.grpo, npo)
+        self.check_method(self.method)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
-COMMANDS: dict[str, type] = {"compare": CompareCommand, "train": TrainCommand}
+@dataclass
+class QVSCommand(ExperimentConfig):
+    """Measure Q(Delta), V(Delta) and S(Delta) of near-future, past and teacher sources along GRPO runs."""
+
+    steps: int = 300
+    """Length of the plain GRPO run along which the sources are measured."""
+    at: tuple[int, ...] = (0, 100, 200, 300)
+    """Training steps at which Q, V and S are measured."""
+    deltas: tuple[int, ...] = (-40, -20, -10, -5, 1, 5, 10, 20, 40)
+    """Source distances: Delta > 0 the near future pi_{t+Delta}; Delta < 0 a past checkpoint (replay)."""
+    teacher: bool = True
+    """Also measure the backend's external teacher (luffy's source)."""
+    probe: int = 256
+    """Probe prompts (drawn with the seed); the failed set is those pi_t solves in fewer than npo.gate of k tries."""
+    k: int = 8
+    """Samples per prompt, for pi_t's failed set and for every source."""
+    seeds: int = 3
+    """Number of seeds."""
+    first_seed: int = 0
+    """First seed."""
+    workers: int = 0
+    """Worker processes; 0 = min(seeds, CPU cores, 2)."""
+    out: str = "runs/qvs"
+    """Output folder for qvs.json, qvs.png, qvs.md and config.json."""
+    tensorboard: bool = False
+    """Unused by qvs (no per-step logs)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.at = tuple(sorted(set(int(a) for a in self.at)))
+        self.deltas = tuple(sorted(set(int(d) for d in self.deltas)))
+        if not self.at or self.at[0] < 0 or self.at[-1] > self.steps:
+            raise ValueError(f"at must list steps in [0, steps={self.steps}], got {self.at}")
+        if not self.deltas or 0 in self.deltas:
+            raise ValueError(
+                f"deltas must be non-zero distances (negative: past, positive: future), got {self.deltas}"
+            )
+        if self.probe < 1 or self.k < 1 or self.seeds < 1 or self.workers < 0:
+            raise ValueError("probe, k and seeds must be >= 1 and workers >= 0")
+
+
+COMMANDS: dict[str, type] = {"compare": CompareCommand, "train": TrainCommand, "qvs": QVSCommand}
 
 
 # ---- config files ----------------------------------------------------------------------------------
@@ -251,7 +320,7 @@ def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
         seeds,
         run,
         cfg.grpo,
-        cfg.npo,
+        cfg.method_configs,
         cfg.out,
         workers=cfg.workers,
         target=cfg.target or None,
@@ -268,7 +337,8 @@ def run_train(cfg: TrainCommand) -> Any:
     import torch
 
     from npo_lab.checkpoint import save_training_checkpoint
-    from npo_lab.metrics import CSVLogger, MultiLogger, TensorBoardLogger
+    from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
+    from npo_lab.sources import make_source
     from npo_lab.trainer import make_state, train
     from npo_lab.utils import seed_everything
 
@@ -294,21 +364,29 @@ def run_train(cfg: TrainCommand) -> Any:
         p = save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st)
         (run_dir / "checkpoints" / "latest").write_text(p.name + "\n")
 
+    method, cfgs = parse_method(cfg.method, cfg.method_configs)
+    teacher = previous = None
+    if method == "luffy":
+        teacher = backend.teacher()
+    if method == "rlep":
+        previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps)
+    source = make_source(method, cfgs, cfg.steps, grpo=cfg.grpo, teacher=teacher, previous=previous, seed=cfg.seed)
+    events = EventLog(run_dir)
     from tqdm import tqdm
 
     with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step") as bar:
-        method, npo = parse_method(cfg.method, cfg.npo)
         res = train(
             state,
-            method,
+            source,
             cfg,
             cfg.grpo,
-            npo,
             seed=cfg.seed,
             logger=logger,
             on_step=bar.update,
             save_checkpoint=save,
+            events=events,
         )
+    events.close()
     logger.close()
     (run_dir / "result.json").write_text(json.dumps(dataclasses.asdict(res), indent=2) + "\n")
     print(
@@ -316,6 +394,93 @@ def run_train(cfg: TrainCommand) -> Any:
         f"{res.wall_s:.1f} s; metrics in {run_dir}"
     )
     return res
+
+
+def run_qvs(cfg: QVSCommand, command: str) -> dict[str, Any]:
+    import multiprocessing as mp
+    import os
+
+    from npo_lab.qvs import plot_qvs, qvs_along_run, summarize_qvs
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+    workers = cfg.workers or min(len(seeds), os.cpu_count() or 1, 2)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    job = functools.partial(
+        qvs_along_run,
+        backend_factory(cfg.task, cfg.model),
+        grpo=cfg.grpo,
+        steps=cfg.steps,
+        at=cfg.at,
+        deltas=cfg.deltas,
+        probe=cfg.probe,
+        k=cfg.k,
+        gate=cfg.npo.gate,
+        teacher=cfg.teacher,
+        estimator=cfg.autonpo.v_estimator,
+        floor=cfg.autonpo.v_floor,
+        threads=threads,
+    )
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    if workers == 1:
+        for s in seeds:
+            records += job(s)
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        try:
+            for recs in pool.imap(job, seeds):
+                records += recs
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    summary = summarize_qvs(records)
+    doc = {
+        "command": command,
+        "seeds": seeds,
+        "wall_s": time.perf_counter() - t0,
+        "summary": summary,
+        "records": records,
+    }
+    (out / "qvs.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot_qvs(summary, out / "qvs.png")
+    lines = [
+        "# npo-lab qvs",
+        "",
+        f"Seeds {seeds}; medians over seeds [95% bootstrap CI].",
+        "",
+        "| step | source | Q | V | S |",
+        "|---|---|---|---|---|",
+    ]
+    for step, sources in summary.items():
+        for src, e in sources.items():
+            cells = [f"{e[m]['median']:.3f} [{e[m]['ci95'][0]:.3f}, {e[m]['ci95'][1]:.3f}]" for m in ("q", "v", "s")]
+            lines.append(f"| {step} | {src} | " + " | ".join(cells) + " |")
+    lines += ["", "![qvs](qvs.png)", "", "Reproduce:", "", "```bash", command, "```", ""]
+    (out / "qvs.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return doc
+
+
+def _previous_policy(cfg: TrainCommand, steps: int) -> Any:
+    """rlep's previous run: the policy of ``cfg.previous`` (a checkpoint file), or a fresh unlogged GRPO run."""
+    if cfg.previous:
+        from npo_lab.checkpoint import load_training_checkpoint
+
+        return load_training_checkpoint(cfg.previous)["policy"]
+    from npo_lab.trainer import make_state, train
+    from npo_lab.utils import seed_everything
+
+    print(f"rlep: training the previous GRPO run ({steps} steps) whose final policy decodes the replay pool")
+    seed_everything(cfg.seed)
+    backend = backend_factory(cfg.task, cfg.model)(cfg.seed)
+    train(make_state(backend, cfg.grpo, cfg.seed), "grpo", RunConfig(steps=steps, eval_every=steps), cfg.grpo)
+    return backend.save()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -356,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "compare":
             run_compare(cfg, shlex.join(["npo-lab", "compare", *argv[1:]]))
+        elif command == "qvs":
+            run_qvs(cfg, shlex.join(["npo-lab", "qvs", *argv[1:]]))
         else:
             run_train(cfg)
     except KeyboardInterrupt:

@@ -21,9 +21,17 @@ from typing import Any
 import numpy as np
 
 from npo_lab.checkpoint import save_training_checkpoint
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig, parse_method
-from npo_lab.metrics import CSVLogger, MultiLogger, TensorBoardLogger
-from npo_lab.stats import bootstrap_ci, median_band, steps_to_target
+from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig, parse_method
+from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
+from npo_lab.stats import (
+    auc,
+    bootstrap_ci,
+    iqm,
+    median_band,
+    probability_of_improvement_ci,
+    steps_to_target,
+    stratified_bootstrap_ci,
+)
 
 
 @dataclass
@@ -33,15 +41,24 @@ class SeedJob:
     make_backend: Callable[[int], Any]
     run: RunConfig
     grpo: GRPOConfig
-    npo: NPOConfig
+    cfgs: MethodConfigs
     out: str
     threads: int = 1
 
 
+def _label(spec: str) -> str:
+    return spec.replace(":", "_").replace("=", "-")
+
+
 def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
-    """Train every method of ``job`` on one seed (in a worker process). Returns RunResult dicts."""
+    """Train every method of ``job`` on one seed (in a worker process). Returns RunResult dicts.
+
+    Every method starts from the same warm-started checkpoint, so methods are paired by seed. rlep's
+    "previous run" is this seed's plain GRPO run when the comparison has one of the same length (its final
+    checkpoint decodes the pool); otherwise an unlogged GRPO run of ``rlep.source_steps`` is trained first."""
     import torch
 
+    from npo_lab.sources import make_source
     from npo_lab.trainer import make_state, train
     from npo_lab.utils import seed_everything
 
@@ -51,43 +68,75 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
     backend = job.make_backend(job.seed)
     setup_s = time.perf_counter() - t0
     start = backend.save()
+    finals: dict[str, Any] = {}  # spec -> final checkpoint (rlep's previous run)
     results = []
-    for spec in job.methods:
-        method, npo = parse_method(spec, job.npo)
+
+    def tick(n: int) -> None:
+        if progress is not None:
+            progress.put(n)
+
+    def previous_run(steps: int) -> Any:
+        if "grpo" in finals and steps == job.run.steps:
+            return finals["grpo"]
+        backend.load(start)
+        seed_everything(job.seed)
+        train(
+            make_state(backend, job.grpo, job.seed),
+            "grpo",
+            RunConfig(steps=steps, eval_every=steps),
+            job.grpo,
+            seed=job.seed,
+        )
+        return backend.save()
+
+    order = sorted(job.methods, key=lambda spec: spec.split(":")[0] == "rlep")  # rlep after the GRPO run
+    for spec in order:
+        method, cfgs = parse_method(spec, job.cfgs)
+        teacher = previous = None
+        prior_steps = 0
+        if method == "luffy":
+            if not hasattr(backend, "teacher"):
+                raise ValueError(f"luffy needs an external teacher, and {type(backend).__name__} has no teacher()")
+            teacher = backend.teacher()
+        if method == "rlep":
+            prior_steps = cfgs.rlep.source_steps or job.run.steps
+            previous = previous_run(prior_steps)
         backend.load(start)
         seed_everything(job.seed)
         state = make_state(backend, job.grpo, job.seed)
-        run_dir = Path(job.out) / "runs" / f"{spec.replace(':', '_').replace('=', '-')}__seed{job.seed}"
+        source = make_source(
+            method, cfgs, job.run.steps, grpo=job.grpo, teacher=teacher, previous=previous, seed=job.seed
+        )
+        run_dir = Path(job.out) / "runs" / f"{_label(spec)}__seed{job.seed}"
         loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
         if job.run.tensorboard:
             loggers.append(TensorBoardLogger(run_dir))
         logger = MultiLogger(*loggers)
-
-        def tick(n: int) -> None:
-            if progress is not None:
-                progress.put(n)
+        events = EventLog(run_dir)
 
         def save(st: Any, run_dir: Path = run_dir) -> None:
             save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st)
 
         res = train(
             state,
-            method,
+            source,
             job.run,
             job.grpo,
-            npo,
             seed=job.seed,
             logger=logger,
             on_step=tick,
             save_checkpoint=save if job.run.checkpoint_every else None,
+            events=events,
         )
         logger.close()
+        events.close()
+        finals[spec] = backend.save()
         d = asdict(res)
         d["setup_s"] = setup_s
         d["method"] = spec
-        d["delta"] = npo.delta if method == "npo" else 0
+        d["prior_steps"] = prior_steps
         results.append(d)
-    return results
+    return sorted(results, key=lambda r: job.methods.index(r["method"]))
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -95,13 +144,20 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def _summary(values: list[float], n_boot: int) -> dict[str, Any]:
+    """Median and interquartile mean over seeds, each with a 95% (stratified) bootstrap CI; inf -> None."""
     m, lo, hi = bootstrap_ci(values, "median", n_boot)
-    return {"median": _finite_or_none(m), "ci95": [_finite_or_none(lo), _finite_or_none(hi)]}
+    q, qlo, qhi = stratified_bootstrap_ci({"arith": values}, iqm, n_boot)
+    return {
+        "median": _finite_or_none(m),
+        "ci95": [_finite_or_none(lo), _finite_or_none(hi)],
+        "iqm": _finite_or_none(q),
+        "iqm_ci95": [_finite_or_none(qlo), _finite_or_none(qhi)],
+    }
 
 
 def lookahead_before(res: dict[str, Any], step: float) -> int:
     """Look-ahead steps spent at interventions before ``step`` (counted in the compute-adjusted speed)."""
-    return sum(res["delta"] for s in res["interventions"] if s < step)
+    return sum(c for s, c in zip(res["interventions"], res["intervention_costs"]) if s < step)
 
 
 def regime_summary(res: dict[str, Any]) -> dict[str, float]:
@@ -158,6 +214,9 @@ def aggregate(
                     "lookahead_s": r["lookahead_s"],
                     "wall_s": r["wall_s"],
                     "interventions": r["interventions"],
+                    "intervention_costs": r["intervention_costs"],
+                    "prior_steps": r.get("prior_steps", 0),
+                    "auc": auc(r["evals"]),
                     **regime_summary(r),
                     "evals": r["evals"],
                 }
@@ -170,6 +229,7 @@ def aggregate(
         ]
         out["methods"][m] = {
             "final_accuracy": _summary([p["final_accuracy"] for p in per_seed], n_boot),
+            "auc": _summary([p["auc"] for p in per_seed], n_boot),
             "steps_to_target": _summary(stt, n_boot),
             "steps_to_target_with_lookahead": _summary(stt_la, n_boot),
             "reached_target": sum(math.isfinite(s) for s in stt),
@@ -188,6 +248,13 @@ def aggregate(
         # seeds are paired (every method starts from the same warm-started checkpoint of a seed), so the
         # per-seed difference to the baseline is the sharper comparison
         mm.update(paired_vs_baseline(by_method[baseline], by_method[m], n_boot))
+        # rliable's probability of improvement: P(X > Y) + P(X = Y) / 2 over all pairs of runs
+        base_seeds, seeds_m = out["methods"][baseline]["per_seed"], mm["per_seed"]
+        for key, sign in (("final_accuracy", 1.0), ("auc", 1.0), ("steps_to_target", -1.0)):
+            xs = [sign * (p[key] if p[key] is not None else math.inf) for p in seeds_m]
+            ys = [sign * (p[key] if p[key] is not None else math.inf) for p in base_seeds]
+            pt, lo, hi = probability_of_improvement_ci(xs, ys, n_boot)
+            mm.setdefault("prob_improvement", {})[key] = {"point": pt, "ci95": [lo, hi]}
     return out
 
 
@@ -229,6 +296,44 @@ def write_report(doc: dict[str, Any], path: Path, command: str, seeds: list[int]
             f"{fmt_ci(r['steps_to_target_with_lookahead'], 0)} | {r['reached_target']}/{len(r['per_seed'])} | "
             f"{sp} ({spl}) | {r['lookahead_steps']} steps, {r['lookahead_s']:.1f} s | {r['wall_s']:.1f} s |"
         )
+    lines += [
+        "",
+        "Interquartile means (IQM: the mean of the middle 50% of seeds) with 95% stratified-bootstrap CIs, area under "
+        "the eval curve (AUC, normalised by the step span: the mean accuracy over training), and the probability "
+        f"that a run of the method beats a run of {doc['baseline']} (P(X > Y) + P(X = Y) / 2 over all pairs; 0.5 = "
+        "no difference).",
+        "",
+        "| method | IQM final accuracy | IQM steps to target | median AUC | P(improve) final | P(improve) AUC | "
+        "P(improve) steps to target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, r in doc["methods"].items():
+        fa, st, au = r["final_accuracy"], r["steps_to_target"], r["auc"]
+        pi = r.get("prob_improvement", {})
+
+        def poi(key: str, pi: dict[str, Any] = pi) -> str:
+            if key not in pi:
+                return "-"
+            e = pi[key]
+            return f"{e['point']:.2f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
+
+        def iq(s: dict[str, Any], digits: int) -> str:
+            return fmt_ci({"median": s["iqm"], "ci95": s["iqm_ci95"]}, digits)
+
+        lines.append(
+            f"| {m} | {iq(fa, 3)} | {iq(st, 0)} | {fmt_ci(au)} | {poi('final_accuracy')} | {poi('auc')} | "
+            f"{poi('steps_to_target')} |"
+        )
+    priors = {m: r["per_seed"][0].get("prior_steps", 0) for m, r in doc["methods"].items()}
+    if any(priors.values()):
+        lines += [
+            "",
+            "Not counted above: "
+            + "; ".join(
+                f"{m} first needs a previous GRPO run of {n} steps (its replay pool)" for m, n in priors.items() if n
+            )
+            + ".",
+        ]
     others = [m for m in doc["methods"] if m != doc["baseline"]]
     if others:
         lines += [
@@ -294,8 +399,8 @@ def plot_curves(doc: dict[str, Any], path: Path, n_boot: int = 1000) -> None:
         axes[0].plot(steps, med, color=c, label=label, lw=2)
         axes[0].fill_between(steps, lo, hi, color=c, alpha=0.2)
         p0 = r["per_seed"][0]
-        delta = p0["lookahead_steps"] / max(len(p0["interventions"]), 1)
-        compute = steps + np.array([sum(delta for s in p0["interventions"] if s < x) for x in steps])
+        # compute axis of the first seed (AutoNPO's interventions differ between seeds)
+        compute = steps + np.array([lookahead_before(p0, x) for x in steps])
         axes[1].plot(compute, med, color=c, label=label)
         axes[1].fill_between(compute, lo, hi, color=c, alpha=0.2)
         for s in p0["interventions"]:
@@ -322,7 +427,7 @@ def compare(
     seeds: list[int],
     run: RunConfig,
     grpo: GRPOConfig,
-    npo: NPOConfig,
+    cfgs: MethodConfigs,
     out: str | Path,
     *,
     workers: int = 0,
@@ -340,7 +445,7 @@ def compare(
         (out / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
     workers = workers or min(len(seeds), os.cpu_count() or 1, 2)
     threads = max(1, (os.cpu_count() or 1) // workers)  # one worker alone may use every core
-    jobs = [SeedJob(s, methods, make_backend, run, grpo, npo, str(out), threads) for s in seeds]
+    jobs = [SeedJob(s, methods, make_backend, run, grpo, cfgs, str(out), threads) for s in seeds]
     total = len(seeds) * len(methods) * run.steps
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 METHODS = {
     "grpo": "plain GRPO: no guide rows",
     "npo": "NPO: guides from the run's own near-future checkpoint (manual schedule)",
+    "autonpo": "AutoNPO: NPO with online triggers and Delta* = argmax Q-hat/V-hat on a mistake pool",
+    "luffy": "LUFFY: one verified-correct external-teacher row per group, shaped p/(p+0.1), unclipped",
+    "exgrpo": "ExGRPO: replay of the run's own past correct rows, medium-difficulty buckets, shaped IS",
+    "rlep": "RLEP: 2 correct rows per group appended from a pool decoded by a previous run's final checkpoint",
 }
 """The methods one run can train, by name (docs/methods.md maps each to its paper and its config)."""
 
@@ -118,10 +122,10 @@ class NPOConfig:
     worth (G = 8); more samples raise the guide's quality Q at the price of guide rollouts]"""
     slot: Literal["last", "incorrect_first"] = "last"
     """Which slot a guide replaces: last (a uniformly random slot, rows are i.i.d.) or incorrect_first. [assumption]"""
-    guide_loss: Literal["on_policy", "shaped", "importance"] = "on_policy"
+    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "on_policy"
     """Guide rows in the loss: on_policy (ordinary clipped ratio vs recomputed old log-probs: the reading of
     'the RL objective remains unchanged' [assumption]), shaped (LUFFY p/(p+gamma)), importance (pi/pi_behaviour,
-    truncated)."""
+    truncated), shaped_is (ExGRPO w/(w+gamma), w = pi/pi_behaviour)."""
     shaping_gamma: float = 0.1
     """gamma of the shaped guide loss f(p) = p / (p + gamma) (LUFFY: 0.1)."""
     is_cap: float = 2.0
@@ -160,6 +164,159 @@ class NPOConfig:
 
 
 @dataclass
+class AutoNPOConfig:
+    """AutoNPO: when to look ahead (online triggers) and how far (Delta* = argmax Q-hat/V-hat on a mistake pool).
+
+    The guided steps use npo.gate, npo.guide_slots, npo.guide_samples, npo.slot and npo.guide_loss. Every
+    threshold here is an [assumption]: the paper names the signals (reward stagnation, entropy collapse, a
+    mistake pool, empirical S maximisation) but not their values."""
+
+    candidates: tuple[int, ...] = (5, 10, 20, 40)
+    """Candidate look-ahead distances; one look-ahead run of max(candidates) steps keeps a checkpoint at each.
+    [assumption]"""
+    window: int = 40
+    """Steps of history the stagnation and collapse triggers read. [assumption]"""
+    smoothing: float = 0.1
+    """EMA weight of the newest reward in the smoothed reward curve. [assumption]"""
+    stagnation_slope: float = 5e-4
+    """Stagnation: the least-squares slope of the smoothed reward over the last `window` steps is below this
+    (reward units per step). [assumption: about the slope noise of a flat curve at batch 128]"""
+    entropy_floor: float = 0.0
+    """Entropy collapse: mean token entropy below this absolute floor (0 disables the absolute test)."""
+    entropy_fraction: float = 0.5
+    """Entropy collapse: mean token entropy below this fraction of its early value (the mean over the first
+    `window` steps); 0 disables the relative test. [assumption]"""
+    bootstrap_floor: float = 0.2
+    """Early bootstrap: the on-policy batch accuracy is below this. [assumption]"""
+    bootstrap_until: int = 50
+    """The bootstrap trigger only fires before this step. [assumption]"""
+    cooldown: int = 60
+    """Steps after an intervention during which no trigger fires (also the guidance window). [assumption]"""
+    max_interventions: int = 4
+    """At most this many interventions per run; 0 means no limit. [assumption]"""
+    pool_size: int = 256
+    """Mistake pool capacity (prompts). [assumption]"""
+    pool_refresh: Literal["fifo", "solved"] = "solved"
+    """Mistake-pool refresh rule: fifo (a failed prompt enters at the front, the oldest falls out when full) or
+    solved (the same, and a prompt leaves as soon as a later on-policy group reaches the gate). [assumption]"""
+    q_samples: int = 8
+    """k, samples per mistake-pool prompt when estimating Q-hat of a candidate checkpoint. [assumption: G]"""
+    q_prompts: int = 128
+    """At most this many mistake-pool prompts (the most recent) are scored per intervention. [assumption]"""
+    v_estimator: Literal["is_variance", "chi2", "log_ratio", "grad_norm"] = "is_variance"
+    """V-hat: is_variance (1 + Var of per-token w = pi_t/pi_src on the candidate's verified-correct rows), chi2
+    (1 + mean w^2 - 1), log_ratio (1 + mean (log w)^2), grad_norm (1 + Var of per-row |grad log pi_t|).
+    [assumption: the paper's 'variance cost from importance weighting'; see docs/algorithm.md]"""
+    v_floor: float = 1.0
+    """The on-policy variance cost added to every V-hat (E[w^2] = 1 for on-policy rows). [assumption]"""
+    max_grad_rows: int = 32
+    """v_estimator=grad_norm: at most this many rows get a per-row backward pass."""
+
+    def __post_init__(self) -> None:
+        self.candidates = tuple(sorted(set(int(d) for d in self.candidates)))
+        _check(bool(self.candidates) and self.candidates[0] >= 1, "autonpo.candidates", self.candidates, "Deltas >= 1")
+        _check(self.window >= 2, "autonpo.window", self.window, ">= 2")
+        _check(0 < self.smoothing <= 1, "autonpo.smoothing", self.smoothing, "in (0, 1]")
+        _check(self.entropy_floor >= 0, "autonpo.entropy_floor", self.entropy_floor, ">= 0")
+        _check(0 <= self.entropy_fraction < 1, "autonpo.entropy_fraction", self.entropy_fraction, "in [0, 1)")
+        _check(0 <= self.bootstrap_floor <= 1, "autonpo.bootstrap_floor", self.bootstrap_floor, "in [0, 1]")
+        _check(self.bootstrap_until >= 0, "autonpo.bootstrap_until", self.bootstrap_until, ">= 0")
+        _check(self.cooldown >= 1, "autonpo.cooldown", self.cooldown, ">= 1")
+        _check(self.max_interventions >= 0, "autonpo.max_interventions", self.max_interventions, ">= 0")
+        _check(self.pool_size >= 1, "autonpo.pool_size", self.pool_size, ">= 1")
+        _check(self.q_samples >= 1, "autonpo.q_samples", self.q_samples, ">= 1")
+        _check(self.q_prompts >= 1, "autonpo.q_prompts", self.q_prompts, ">= 1")
+        _check(self.v_floor > 0, "autonpo.v_floor", self.v_floor, "> 0")
+        _check(self.max_grad_rows >= 2, "autonpo.max_grad_rows", self.max_grad_rows, ">= 2")
+        _check_choices(self, "autonpo")
+
+
+@dataclass
+class LuffyConfig:
+    """LUFFY (arXiv 2504.14945): an external teacher fills one slot per group; its rows are shaped, unclipped."""
+
+    gate: float = 1.0
+    """A group gets a teacher row when its on-policy accuracy is strictly below this. 1.0 = every group that is
+    not fully solved, which is LUFFY's 'every group' (a fully solved group has zero advantages either way)."""
+    guide_slots: int = 1
+    """Teacher rows per group (LUFFY: n_prefix = 1 of rollout.n = 8)."""
+    teacher_samples: int = 4
+    """Teacher samples per prompt to find a verified-correct one (LUFFY uses stored verified traces).
+    [assumption]"""
+    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "shaped"
+    """Teacher rows in the loss (LUFFY: shaped, f(p) = p / (p + 0.1), pi_teacher taken as 1, no clip)."""
+    shaping_gamma: float = 0.1
+    """gamma of the shaping (LUFFY: 0.1)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.gate <= 1.0, "luffy.gate", self.gate, "in [0, 1]")
+        _check(self.guide_slots >= 1, "luffy.guide_slots", self.guide_slots, ">= 1")
+        _check(self.teacher_samples >= 1, "luffy.teacher_samples", self.teacher_samples, ">= 1")
+        _check(self.shaping_gamma > 0, "luffy.shaping_gamma", self.shaping_gamma, "> 0")
+        _check_choices(self, "luffy")
+
+
+@dataclass
+class ExGRPOConfig:
+    """ExGRPO (arXiv 2510.02245): replay of the run's own past correct rows (code defaults of its release)."""
+
+    experience_ratio: float = 0.5
+    """Fraction of each batch's prompts drawn from the experience pool once mixing has started (ExGRPO: 0.5)."""
+    start_solve_rate: float = 0.35
+    """Mixing starts once the on-policy batch accuracy exceeds this (ExGRPO: 0.35); it then stays on."""
+    bucket_sigma: float = 1.0
+    """Prompts are bucketed by their latest number of correct rows k; bucket weight exp(-(k - G/2)^2 / (2
+    sigma^2)), favouring medium difficulty (ExGRPO: mean G/2, sigma 1)."""
+    selection: Literal["min_entropy", "latest", "random"] = "min_entropy"
+    """Which stored correct row of a prompt is replayed (ExGRPO: the lowest-entropy one)."""
+    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "shaped_is"
+    """Replayed rows in the loss (ExGRPO: ratio to the recorded log-probs, shaped w / (w + 0.1), no clip)."""
+    shaping_gamma: float = 0.1
+    """gamma of the shaping (ExGRPO: 0.1)."""
+    rows_per_prompt: int = 4
+    """Correct rows kept per prompt in the pool (the newest). [assumption: the paper keeps all]"""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.experience_ratio < 1.0, "exgrpo.experience_ratio", self.experience_ratio, "in (0, 1)")
+        _check(0.0 <= self.start_solve_rate <= 1.0, "exgrpo.start_solve_rate", self.start_solve_rate, "in [0, 1]")
+        _check(self.bucket_sigma > 0, "exgrpo.bucket_sigma", self.bucket_sigma, "> 0")
+        _check(self.shaping_gamma > 0, "exgrpo.shaping_gamma", self.shaping_gamma, "> 0")
+        _check(self.rows_per_prompt >= 1, "exgrpo.rows_per_prompt", self.rows_per_prompt, ">= 1")
+        _check_choices(self, "exgrpo")
+
+
+@dataclass
+class RLEPConfig:
+    """RLEP (arXiv 2507.07451): a fixed pool of verified-correct rows decoded by a previous finished run."""
+
+    replay_per_group: int = 2
+    """M, pool rows appended to every group (the group grows to G + M; RLEP: 2 with G = 16)."""
+    decode_samples: int = 8
+    """Samples per training prompt decoded from the previous run's checkpoint to build the pool. [assumption]"""
+    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "on_policy"
+    """Replayed rows in the loss (RLEP: the ordinary ratio against recomputed old log-probs, no IS correction)."""
+    source_steps: int = 0
+    """Length of the previous GRPO run whose final checkpoint decodes the pool; 0 = the run's own length."""
+
+    def __post_init__(self) -> None:
+        _check(self.replay_per_group >= 1, "rlep.replay_per_group", self.replay_per_group, ">= 1")
+        _check(self.decode_samples >= 1, "rlep.decode_samples", self.decode_samples, ">= 1")
+        _check(self.source_steps >= 0, "rlep.source_steps", self.source_steps, ">= 0")
+        _check_choices(self, "rlep")
+
+
+@dataclass
+class MethodConfigs:
+    """The settings of every method, one section each; a method reads its own section (autonpo also npo's)."""
+
+    npo: NPOConfig = field(default_factory=NPOConfig)
+    autonpo: AutoNPOConfig = field(default_factory=AutoNPOConfig)
+    luffy: LuffyConfig = field(default_factory=LuffyConfig)
+    exgrpo: ExGRPOConfig = field(default_factory=ExGRPOConfig)
+    rlep: RLEPConfig = field(default_factory=RLEPConfig)
+
+
+@dataclass
 class RunConfig:
     """One training run's length, evaluation and output."""
 
@@ -181,34 +338,63 @@ class RunConfig:
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
 
 
-def check_compatible(grpo: GRPOConfig, npo: NPOConfig, label: str = "npo") -> None:
-    """Cross-field checks between the GRPO step and NPO, run before any training."""
-    _check(
-        npo.guide_slots < grpo.group_size,
-        f"{label}.guide_slots",
-        npo.guide_slots,
-        f"< grpo.group_size={grpo.group_size} (at least one on-policy row must stay in each group)",
-    )
-    _check(
-        npo.guide_samples >= npo.guide_slots,
-        f"{label}.guide_samples",
-        npo.guide_samples,
-        f">= {label}.guide_slots={npo.guide_slots} (otherwise no group can ever be guided)",
-    )
+def check_compatible(grpo: GRPOConfig, cfgs: MethodConfigs | NPOConfig, method: str = "npo", label: str = "") -> None:
+    """Cross-field checks between the GRPO step and a method's settings, run before any training."""
+    if isinstance(cfgs, NPOConfig):
+        cfgs = MethodConfigs(npo=cfgs)
+    pre = f"{label}: " if label else ""
+    if method in ("npo", "autonpo"):
+        npo = cfgs.npo
+        _check(
+            npo.guide_slots < grpo.group_size,
+            f"{pre}npo.guide_slots",
+            npo.guide_slots,
+            f"< grpo.group_size={grpo.group_size} (at least one on-policy row must stay in each group)",
+        )
+        _check(
+            npo.guide_samples >= npo.guide_slots,
+            f"{pre}npo.guide_samples",
+            npo.guide_samples,
+            f">= npo.guide_slots={npo.guide_slots} (otherwise no group can ever be guided)",
+        )
+    elif method == "luffy":
+        lf = cfgs.luffy
+        _check(
+            lf.guide_slots < grpo.group_size,
+            f"{pre}luffy.guide_slots",
+            lf.guide_slots,
+            f"< grpo.group_size={grpo.group_size}",
+        )
+        _check(
+            lf.teacher_samples >= lf.guide_slots,
+            f"{pre}luffy.teacher_samples",
+            lf.teacher_samples,
+            f">= luffy.guide_slots={lf.guide_slots}",
+        )
+    elif method == "exgrpo":
+        n = round(cfgs.exgrpo.experience_ratio * grpo.prompts_per_step)
+        _check(
+            0 < n < grpo.prompts_per_step or grpo.prompts_per_step == 1,
+            f"{pre}exgrpo.experience_ratio",
+            cfgs.exgrpo.experience_ratio,
+            f"a ratio that leaves both replay and fresh prompts among {grpo.prompts_per_step} prompts per step",
+        )
 
 
-def parse_method(spec: str, npo: NPOConfig) -> tuple[str, NPOConfig]:
-    """Resolve a method spec ``name[:field=value[:field=value...]]`` into (method name, its NPOConfig).
+def parse_method(spec: str, cfgs: MethodConfigs | NPOConfig) -> tuple[str, MethodConfigs]:
+    """Resolve a method spec ``name[:field=value[:field=value...]]`` into (method name, its settings).
 
-    Overrides set NPOConfig fields for that method only, so one comparison can hold variants side by side,
-    e.g. ``npo:delta=1`` or ``npo:interventions=0+250`` (``+`` separates the items of a tuple field).
+    Overrides set fields of the method's own section (``npo``, ``autonpo``, ``luffy``, ``exgrpo``, ``rlep``;
+    autonpo also accepts npo's fields) for that method only, so one comparison can hold variants side by
+    side, e.g. ``npo:delta=1`` or ``npo:interventions=0+250`` (``+`` separates the items of a tuple field).
 
-    >>> parse_method("npo:delta=5:gate=0.5", NPOConfig())[1].delta
+    >>> parse_method("npo:delta=5:gate=0.5", NPOConfig())[1].npo.delta
     5
     """
-    import dataclasses
     import difflib
 
+    if isinstance(cfgs, NPOConfig):
+        cfgs = MethodConfigs(npo=cfgs)
     known = list(METHODS)
     name, *overrides = spec.strip().split(":")
     if name not in known:
@@ -216,16 +402,18 @@ def parse_method(spec: str, npo: NPOConfig) -> tuple[str, NPOConfig]:
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ValueError(f"methods: unknown method {name!r}{hint}; choose one of {list(known)}")
     if overrides and name == "grpo":
-        raise ValueError(f"methods: {spec!r}: grpo takes no npo.* overrides")
-    fields = {f.name: f for f in dataclasses.fields(NPOConfig)}
-    changes: dict[str, object] = {}
+        raise ValueError(f"methods: {spec!r}: grpo takes no overrides")
+    sections = [name] + (["npo"] if name == "autonpo" else [])
+    changes: dict[str, dict[str, object]] = {sec: {} for sec in sections}
     for ov in overrides:
         key, sep, raw = ov.partition("=")
-        if not sep or key not in fields:
-            near = difflib.get_close_matches(key, list(fields), n=1)
+        sec = next((s for s in sections if key in {f.name for f in dataclasses.fields(getattr(cfgs, s))}), None)
+        if not sep or sec is None:
+            names = [f.name for s in sections for f in dataclasses.fields(getattr(cfgs, s))]
+            near = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(f"methods: {spec!r}: {ov!r} is not field=value of npo{hint}")
-        default = getattr(npo, key)
+            raise ValueError(f"methods: {spec!r}: {ov!r} is not field=value of {' or '.join(sections)}{hint}")
+        default = getattr(getattr(cfgs, sec), key)
         try:
             if isinstance(default, bool):
                 if raw.lower() not in ("true", "false", "1", "0"):
@@ -236,6 +424,7 @@ def parse_method(spec: str, npo: NPOConfig) -> tuple[str, NPOConfig]:
             else:
                 value = type(default)(raw)
         except ValueError as e:
-            raise ValueError(f"methods: {spec!r}: npo.{key} cannot be {raw!r}") from e
-        changes[key] = value
-    return name, dataclasses.replace(npo, **changes)
+            raise ValueError(f"methods: {spec!r}: {sec}.{key} cannot be {raw!r}") from e
+        changes[sec][key] = value
+    new = {sec: dataclasses.replace(getattr(cfgs, sec), **kw) for sec, kw in changes.items() if kw}
+    return name, dataclasses.replace(cfgs, **new)

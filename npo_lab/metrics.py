@@ -85,3 +85,45 @@ class MultiLogger:
     def close(self) -> None:
         for lg in self.loggers:
             lg.close()
+
+
+class EventLog:
+    """The decisions a guide source takes (interventions, AutoNPO's candidate scores, replay-pool builds), as
+    they happen: ``events.jsonl`` (one JSON object per line) and ``events.log`` (one readable line each)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._json = (folder / "events.jsonl").open("w")
+        self._text = (folder / "events.log").open("w")
+
+    def __call__(self, event: dict) -> None:
+        import json
+
+        self._json.write(json.dumps(event, default=str) + "\n")
+        self._text.write(format_event(event) + "\n")
+        self._json.flush()
+        self._text.flush()
+
+    def close(self) -> None:
+        self._json.close()
+        self._text.close()
+
+
+def format_event(ev: dict) -> str:
+    """One readable line, e.g. ``step 120 intervention (stagnation): pool 64; delta 5: Q 0.31 V 1.02 S 0.30 ...``."""
+    head = f"step {ev.get('step', '?')} {ev.get('kind', 'event')}"
+    if "reason" in ev:
+        head += f" ({ev['reason']})"
+    parts = []
+    for k, v in ev.items():
+        if k in ("step", "kind", "reason"):
+            continue
+        if k == "candidates" and isinstance(v, dict):
+            for d, sc in v.items():
+                parts.append(f"delta {d}: Q {sc['q']:.3f} V {sc['v']:.3f} S {sc['s']:.3f}")
+        elif isinstance(v, float):
+            parts.append(f"{k} {v:.4g}")
+        else:
+            parts.append(f"{k} {v}")
+    return head + (": " + "; ".join(parts) if parts else "")

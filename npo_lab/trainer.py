@@ -1,6 +1,7 @@
 """The training loop: one visible GRPO step, and the outer loop that lets NPO look ahead.
 
-grpo_step: rollout -> (gate -> guide merge) -> old log-probs -> advantages -> epochs x minibatches -> log.
+grpo_step: prompts -> rollout -> (guide source: gate -> merge) -> old log-probs -> advantages
+           -> epochs x minibatches -> log -> (guide source observes the step).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 import torch
 
 from npo_lab.backend import Backend, Checkpoint
-from npo_lab.config import METHODS, GRPOConfig, NPOConfig, RunConfig, check_compatible
+from npo_lab.config import GRPOConfig, RunConfig
 from npo_lab.core.advantages import group_advantages
-from npo_lab.core.guidance import group_accuracy, guide_gate, merge_guides
+from npo_lab.core.guidance import append_guides, merge_guides
 from npo_lab.core.losses import policy_loss
 from npo_lab.metrics import Logger, NullLogger
-from npo_lab.npo import NearFutureGuide
+from npo_lab.sources import GUIDE_METRICS, GuideSource
 from npo_lab.utils import PromptSampler, timed
 
 
@@ -47,50 +48,41 @@ def make_state(backend: Backend, grpo: GRPOConfig, seed: int) -> TrainState:
     return TrainState(backend=backend, optimizer=optimizer, sampler=PromptSampler(n_prompts, seed), ref_policy=ref)
 
 
-def grpo_step(
-    state: TrainState, grpo: GRPOConfig, npo: NPOConfig | None = None, guide: Checkpoint | None = None
-) -> dict[str, float]:
-    """One GRPO iteration on ``state``; with ``guide``, failing groups get near-future rows (NPO).
+def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = None) -> dict[str, float]:
+    """One GRPO iteration on ``state``; a guide ``source`` adds its rows (NPO, AutoNPO, LUFFY, ExGRPO, RLEP).
 
     Returns the step's metrics (``reward/``, ``policy/``, ``loss/``, ``guide/``, ``time/``).
     """
     backend, m = state.backend, {}
     prompts = state.sampler.next(grpo.prompts_per_step)
+    if source is not None:
+        prompts = source.choose_prompts(state, prompts)
     with timed(m, "rollout"):
         b = backend.rollout(prompts, grpo.group_size)  # B = prompts x G rows
     m["reward/on_policy_mean"] = b.rewards.float().mean().item()
 
-    if guide is not None and npo is not None:
+    guide_kw: dict[str, Any] = {}
+    if source is not None:
         with timed(m, "guide"):
-            acc = group_accuracy(b.rewards, b.group_ids, grpo.correct_threshold)
-            ids = list(acc)
-            gate = guide_gate(torch.tensor([acc[g] for g in ids]), npo.gate)  # (n_groups,)
-            gated = [g for g, on in zip(ids, gate.tolist()) if on]
-            if gated:
-                guides = backend.rollout(gated, npo.guide_samples, policy=guide)
-                b, gm = merge_guides(
-                    b, guides, gated, k=npo.guide_slots, slot=npo.slot, correct_threshold=grpo.correct_threshold
-                )
+            plan = source.guides(state, b, grpo)
+            if plan is not None:
+                m.update(plan.metrics)
+                guide_kw = plan.loss
+            if plan is not None and plan.rows.size and plan.targets:
+                if plan.mode == "append":
+                    b, gm = append_guides(b, plan.rows, plan.targets, plan.k, grpo.correct_threshold)
+                else:
+                    b, gm = merge_guides(
+                        b, plan.rows, plan.targets, plan.k, plan.slot, correct_threshold=grpo.correct_threshold
+                    )
                 m.update(gm)
-                m["guide/guide_solved"] = (guides.rewards > grpo.correct_threshold).float().mean().item()
-            else:  # every group is at or above the gate: nothing to guide this step
-                m.update(
-                    {
-                        k: 0.0
-                        for k in (
-                            "guide/gated_frac",
-                            "guide/injected_frac",
-                            "guide/found_frac",
-                            "guide/rows",
-                            "guide/replaced_correct",
-                            "guide/guide_solved",
-                        )
-                    }
-                )
+                m["guide/guide_solved"] = (plan.rows.rewards > grpo.correct_threshold).float().mean().item()
+            elif plan is not None:  # guidance is on, but no group needed it this step
+                m.update(dict.fromkeys(GUIDE_METRICS, 0.0))
 
     with timed(m, "logprobs"), torch.no_grad():
         # the ratio anchor is recomputed with the training forward path, guide rows included
-        old, _ = backend.logprobs(b)
+        old, old_entropy = backend.logprobs(b)
         ref = backend.logprobs(b, policy=state.ref_policy)[0] if state.ref_policy is not None else None
         b = b.replace(old_logprobs=old.detach(), ref_logprobs=None if ref is None else ref.detach())
     with timed(m, "adv"):
@@ -101,9 +93,6 @@ def grpo_step(
     # sum_norm's constant C defaults to the padded length of the whole batch, the same for every minibatch
     norm_constant = grpo.norm_constant or float(b.mask.shape[1])
     lms: list[dict[str, float]] = []
-    guide_kw: dict[str, Any] = {}
-    if npo is not None:
-        guide_kw = dict(guide_loss=npo.guide_loss, shaping_gamma=npo.shaping_gamma, is_cap=npo.is_cap)
     with timed(m, "update"):
         for _epoch in range(grpo.epochs):
             perm = torch.randperm(b.size) if mb_size < b.size else torch.arange(b.size)
@@ -149,6 +138,8 @@ def grpo_step(
         m["guide/on_solved"] = (b.rewards[~b.is_guide] > grpo.correct_threshold).float().mean().item()
     m["charts/completion_tokens"] = b.mask.sum(-1).float().mean().item()
     state.step += 1
+    if source is not None:
+        source.after_step(state, b, old_entropy, m)
     return m
 
 
@@ -160,6 +151,10 @@ class RunResult:
     seed: int
     evals: list[tuple[int, float]] = field(default_factory=list)
     interventions: list[int] = field(default_factory=list)
+    intervention_costs: list[int] = field(default_factory=list)
+    """Look-ahead steps spent at each intervention."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Every decision the guide source logged (interventions with AutoNPO's scores, pool builds)."""
     lookahead_steps: int = 0
     lookahead_s: float = 0.0
     wall_s: float = 0.0
@@ -172,27 +167,29 @@ class RunResult:
 
 def train(
     state: TrainState,
-    method: str,
+    source: GuideSource | str,
     run: RunConfig,
     grpo: GRPOConfig,
-    npo: NPOConfig,
     evaluate: Callable[[], dict[str, float]] | None = None,
     *,
     seed: int = 0,
     logger: Logger | None = None,
     on_step: Callable[[int], None] | None = None,
     save_checkpoint: Callable[[TrainState], None] | None = None,
+    events: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Train ``run.steps`` steps of ``method`` ("grpo" or "npo") on ``state``; evaluate along the way
-    (with ``state.backend.evaluate`` unless ``evaluate`` is given)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    if method == "npo":
-        check_compatible(grpo, npo)
+    """Train ``run.steps`` steps on ``state`` with a guide ``source`` (from :func:`npo_lab.sources.make_source`;
+    ``"grpo"`` for plain GRPO); evaluate along the way (``state.backend.evaluate`` unless ``evaluate`` is given).
+
+    ``events`` receives every decision a source logs (interventions, AutoNPO's scores, pool builds)."""
+    if isinstance(source, str):
+        if source != "grpo":
+            raise ValueError(f"train: pass a GuideSource for method {source!r} (npo_lab.sources.make_source)")
+        source = GuideSource()
+    source.emit = events
     evaluate = evaluate or state.backend.evaluate
     log = logger or NullLogger()
-    source = NearFutureGuide(npo, run.steps) if method == "npo" else None
-    result = RunResult(method=method, seed=seed)
+    result = RunResult(method=source.name, seed=seed)
     t_start = time.perf_counter()
     la_step = 0
 
@@ -209,16 +206,16 @@ def train(
         result.evals.append((state.step, em["eval/accuracy"]))
         log.log(em, state.step)
 
+    source.setup(state)
     while state.step < run.steps:
         if state.step % run.eval_every == 0:
             do_eval()
-        npo_m = source.before_step(state, plain_step) if source is not None else {}
-        guide = source.policy_for(state.step) if source is not None else None
+        src_m = source.before_step(state, plain_step)
         t0 = time.perf_counter()
-        m = grpo_step(state, grpo, npo if source is not None else None, guide)
+        m = grpo_step(state, grpo, source)
         m["time/step"] = time.perf_counter() - t0
-        m.update(npo_m)
-        m["npo/guided"] = float(guide is not None)
+        m.update(src_m)
+        m["npo/guided"] = float("guide/gated_frac" in m)
         log.log(m, state.step)
         result.train_reward.append(m["reward/on_policy_mean"])
         result.zero_std_groups.append(m["reward/frac_zero_std"])
@@ -230,10 +227,11 @@ def train(
     if save_checkpoint is not None:
         save_checkpoint(state)
     result.wall_s = time.perf_counter() - t_start
-    if source is not None:
-        result.interventions = list(source.interventions)
-        result.lookahead_steps = source.lookahead_steps
-        result.lookahead_s = source.lookahead_seconds
+    result.interventions = list(source.interventions)
+    result.intervention_costs = list(source.intervention_costs)
+    result.lookahead_steps = source.lookahead_steps
+    result.lookahead_s = source.lookahead_seconds
+    result.events = list(source.events)
     tail = [a for _, a in result.evals[-run.final_evals :]]
     result.final_accuracy = sum(tail) / len(tail)
     log.flush()

@@ -46,6 +46,13 @@ def cli(*args, cwd=None):
         (["--methods", "grpo,npo:delta=0"], "npo.delta"),
         (["--task.name", "gsm8k"], "task.name"),
         (["--task.operation", "div"], "task.operation"),
+        (["--methods", "grpo,luffy:delta=3"], "methods"),
+        (["--autonpo.candidates", "0", "5"], "autonpo.candidates"),
+        (["--autonpo.v-estimator", "kl"], "autonpo.v-estimator"),
+        (["--luffy.gate", "2"], "luffy.gate"),
+        (["--exgrpo.experience-ratio", "1"], "exgrpo.experience_ratio"),
+        (["--rlep.replay-per-group", "0"], "rlep.replay_per_group"),
+        (["--model.teacher-style", "latex"], "model.teacher_style"),
     ],
 )
 def test_bad_input_stops_before_any_work(tmp_path, args, field):
@@ -134,10 +141,12 @@ def test_compare_writes_report_curves_and_results(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["methods"]) == {"grpo", "npo", "npo:delta=1"} and 0.0 <= doc["target_accuracy"] <= 1.0
     for res in doc["methods"].values():
-        assert set(res["final_accuracy"]) == {"median", "ci95"} and len(res["final_accuracy"]["ci95"]) == 2
+        assert set(res["final_accuracy"]) == {"median", "ci95", "iqm", "iqm_ci95"}
         lo, hi = res["final_accuracy"]["ci95"]
         assert lo <= res["final_accuracy"]["median"] <= hi
-        assert set(res["steps_to_target"]) == {"median", "ci95"}
+        lo, hi = res["final_accuracy"]["iqm_ci95"]
+        assert lo <= res["final_accuracy"]["iqm"] <= hi
+        assert set(res["steps_to_target"]) == {"median", "ci95", "iqm", "iqm_ci95"}
         assert res["wall_s"] > 0 and len(res["per_seed"]) == 2
         assert [s for s, _ in res["per_seed"][0]["evals"]] == [0, 3, 6]
     assert doc["methods"]["grpo"]["lookahead_steps"] == 0
@@ -164,6 +173,106 @@ def test_compare_writes_report_curves_and_results(tmp_path):
     again = load_config_file(CompareCommand, str(out / "config.json"))
     assert again.npo.interventions == (0, 3) and again.task.digits == 2 and again.methods == "grpo,npo,npo:delta=1"
     assert (out / "runs" / "npo__seed1" / "metrics.csv").exists()
+
+
+def test_compare_runs_all_six_methods(tmp_path):
+    out = tmp_path / "six"
+    r = cli(
+        "compare",
+        "--steps",
+        "8",
+        "--eval-every",
+        "4",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--bootstrap",
+        "200",
+        "--out",
+        str(out),
+        "--model.teacher-steps",
+        "30",
+        "--npo.delta",
+        "2",
+        "--npo.interventions",
+        "0",
+        "4",
+        "--autonpo.candidates",
+        "1",
+        "2",
+        "--autonpo.bootstrap-floor",
+        "1.0",
+        "--autonpo.cooldown",
+        "3",
+        "--exgrpo.start-solve-rate",
+        "0.0",
+        "--rlep.decode-samples",
+        "2",
+        *TINY,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    methods = ["grpo", "npo", "autonpo", "luffy", "exgrpo", "rlep"]
+    assert list(doc["methods"]) == methods  # the default method list, baseline first
+    for m in methods:
+        res = doc["methods"][m]
+        assert len(res["per_seed"]) == 2 and 0.0 <= res["auc"]["median"] <= 1.0
+        if m != "grpo":
+            poi = res["prob_improvement"]["final_accuracy"]
+            assert 0.0 <= poi["ci95"][0] <= poi["point"] <= poi["ci95"][1] <= 1.0
+    assert doc["methods"]["grpo"]["prob_improvement"]["final_accuracy"]["point"] == 0.5  # vs itself
+    auto = doc["methods"]["autonpo"]["per_seed"][0]
+    assert auto["interventions"] and auto["intervention_costs"][0] == 2  # max(candidates)
+    assert doc["methods"]["rlep"]["per_seed"][0]["prior_steps"] == 8
+    events = (out / "runs" / "autonpo__seed0" / "events.log").read_text()
+    assert "intervention (bootstrap)" in events and "delta 1: Q" in events
+    assert (
+        json.loads((out / "runs" / "rlep__seed0" / "events.jsonl").read_text().splitlines()[0])["kind"] == "rlep_pool"
+    )
+    report = (out / "report.md").read_text()
+    assert "IQM" in report and "P(improve)" in report and "| luffy |" in report
+    assert "previous GRPO run of 8 steps" in report
+
+
+def test_qvs_measures_every_source(tmp_path):
+    out = tmp_path / "qvs"
+    r = cli(
+        "qvs",
+        "--steps",
+        "4",
+        "--at",
+        "0",
+        "4",
+        "--deltas",
+        "-2",
+        "1",
+        "3",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--probe",
+        "24",
+        "--k",
+        "4",
+        "--model.teacher-steps",
+        "30",
+        "--out",
+        str(out),
+        *TINY,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "qvs.json").read_text())
+    assert set(doc["summary"]) == {"0", "4"}
+    assert set(doc["summary"]["0"]) == {"+1", "+3", "teacher"}  # no past checkpoint at step 0
+    assert set(doc["summary"]["4"]) == {"-2", "+1", "+3", "teacher"}
+    for rec in doc["records"]:
+        assert rec["q"] != rec["q"] or 0.0 <= rec["q"] <= 1.0
+        if rec["v"] == rec["v"]:
+            assert rec["v"] >= 1.0 and rec["v_log_ratio"] >= 1.0  # the floor is the on-policy cost
+    assert (out / "qvs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 4 | teacher |" in (out / "qvs.md").read_text()
 
 
 def test_train_logs_csv_tensorboard_and_checkpoints(tmp_path):

@@ -5,7 +5,8 @@ import torch
 from npo_lab.envs.arithmetic import ArithmeticBackend
 from npo_lab.envs.config import TinyLMConfig
 
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.config import AutoNPOConfig, GRPOConfig, MethodConfigs, NPOConfig, RunConfig
+from npo_lab.sources import make_source
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 from npo_lab.trainer import make_state, train
 from npo_lab.utils import seed_everything
@@ -16,15 +17,10 @@ def run(method: str, steps: int, seed: int = 0, task: ArithmeticConfig | None = 
     be = ArithmeticBackend(task or ArithmeticConfig(), TinyLMConfig(), seed=seed)
     g = GRPOConfig()
     st = make_state(be, g, seed)
-    return train(
-        st,
-        method,
-        RunConfig(steps=steps, eval_every=20, final_evals=2),
-        g,
-        NPOConfig(**npo_kw),
-        be.evaluate,
-        seed=seed,
-    ), be
+    cfgs = MethodConfigs(npo=NPOConfig(**npo_kw), autonpo=AutoNPOConfig(candidates=(1, 2), bootstrap_floor=1.0))
+    source = make_source(method, cfgs, steps, grpo=g, seed=seed)
+    run_cfg = RunConfig(steps=steps, eval_every=20, final_evals=2)
+    return train(st, source, run_cfg, g, be.evaluate, seed=seed), be
 
 
 @pytest.mark.slow
@@ -36,9 +32,11 @@ def test_grpo_raises_eval_accuracy_above_the_warm_start():
 
 
 @pytest.mark.slow
-def test_training_is_deterministic_for_a_seed():
+@pytest.mark.parametrize("method", ["npo", "autonpo"])
+def test_training_is_deterministic_for_a_seed(method):
     task = ArithmeticConfig(digits=2, n_train=256, n_eval=64)
-    a, be_a = run("npo", 6, seed=3, task=task, delta=2, interventions=(0, 3))
-    b, be_b = run("npo", 6, seed=3, task=task, delta=2, interventions=(0, 3))
-    assert a.evals == b.evals and a.interventions == b.interventions
+    a, be_a = run(method, 6, seed=3, task=task, delta=2, interventions=(0, 3))
+    b, be_b = run(method, 6, seed=3, task=task, delta=2, interventions=(0, 3))
+    assert a.interventions, "the run should have intervened at least once"
+    assert a.evals == b.evals and a.interventions == b.interventions and a.events == b.events
     assert all(torch.equal(x, y) for x, y in zip(be_a.parameters(), be_b.parameters()))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from npo_lab.backend import ScriptedBackend
-from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
 from npo_lab.npo import NearFutureGuide, lookahead
 from npo_lab.trainer import grpo_step, make_state, train
 from npo_lab.utils import seed_everything
@@ -107,8 +107,8 @@ def test_npo_training_injects_guides_only_where_gated(monkeypatch):
 
     calls = []
 
-    def spy(on_policy, guides, gated, **kw):
-        merged, m = merge_guides(on_policy, guides, gated, **kw)
+    def spy(on_policy, guides, gated, *args, **kw):
+        merged, m = merge_guides(on_policy, guides, gated, *args, **kw)
         acc = group_accuracy(on_policy.rewards, on_policy.group_ids)
         calls.append((acc, list(gated), merged))
         return merged, m
@@ -118,7 +118,7 @@ def test_npo_training_injects_guides_only_where_gated(monkeypatch):
     be = ScriptedBackend(n_prompts=16, seq_len=3, vocab=4, seed=0)
     g = GRPOConfig(batch_size=64, group_size=8, lr=0.1)
     npo = NPOConfig(delta=5, interventions=(0, 6), gate=0.6)
-    res = train(make_state(be, g, 0), "npo", RunConfig(steps=12, eval_every=4), g, npo)
+    res = train(make_state(be, g, 0), NearFutureGuide(npo, 12), RunConfig(steps=12, eval_every=4), g)
     assert res.interventions == [0, 6] and res.lookahead_steps == 10
     assert calls, "NPO never reached the merge"
     injected = 0
@@ -137,17 +137,27 @@ def test_npo_training_injects_guides_only_where_gated(monkeypatch):
 def test_method_specs_override_npo_fields_per_method():
     from npo_lab.config import parse_method
 
-    name, cfg = parse_method("npo:delta=3:interventions=0+50:restore_optimizer=false", NPOConfig())
+    name, cfgs = parse_method("npo:delta=3:interventions=0+50:restore_optimizer=false", NPOConfig())
+    cfg = cfgs.npo
     assert name == "npo" and cfg.delta == 3 and cfg.interventions == (0, 50) and cfg.restore_optimizer is False
-    assert parse_method("grpo", NPOConfig()) == ("grpo", NPOConfig())
+    assert parse_method("grpo", NPOConfig()) == ("grpo", MethodConfigs())
+    # autonpo reads its own section and npo's; other methods their own section only
+    name, cfgs = parse_method("autonpo:cooldown=9:gate=0.5:candidates=2+4", MethodConfigs())
+    assert (cfgs.autonpo.cooldown, cfgs.npo.gate, cfgs.autonpo.candidates) == (9, 0.5, (2, 4))
+    assert parse_method("luffy:teacher_samples=2", MethodConfigs())[1].luffy.teacher_samples == 2
+    assert parse_method("rlep:replay_per_group=1", MethodConfigs())[1].rlep.replay_per_group == 1
+    assert parse_method("exgrpo:selection=random", MethodConfigs())[1].exgrpo.selection == "random"
     for bad, msg in [
+        ("luffy:delta=3", "not field=value of luffy"),
+        ("autonpo:cooldwn=3", "did you mean 'cooldown'"),
+        ("exgrpo:experience_ratio=1.5", "exgrpo.experience_ratio must be in"),
         ("npo:delat=3", "did you mean 'delta'"),
         ("ppo", "unknown method"),
         ("npo:gate=high", "npo.gate cannot be"),
         ("npo:delta=0", "npo.delta must be >= 1"),
         ("npo:slot=first", "npo.slot must be one of 'last', 'incorrect_first'"),
         ("npo:guide_loss=luffy", "npo.guide_loss must be one of"),
-        ("grpo:delta=2", "no npo"),
+        ("grpo:delta=2", "no overrides"),
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_method(bad, NPOConfig())

@@ -120,3 +120,65 @@ def merge_guides(
         "guide/replaced_correct": float(replaced_correct),
     }
     return merged, metrics
+
+
+def append_guides(
+    on_policy: RolloutBatch,
+    guides: RolloutBatch,
+    targets: Sequence[int],
+    k: int = 2,
+    correct_threshold: float = 0.5,
+) -> tuple[RolloutBatch, dict[str, float]]:
+    """Append up to ``k`` verified-correct guide rows to each target group (RLEP: the group grows to G + k).
+
+    Args:
+        on_policy: the on-policy batch (B rows).
+        guides: candidate rows; ``group_ids`` names the prompt each answers; wrong rows are never used.
+        targets: prompt ids whose groups receive rows.
+        k: at most this many rows per group (fewer when fewer correct candidates exist).
+        correct_threshold: reward above which a row counts as correct.
+
+    Returns:
+        (batch with each group's appended rows right after it, metrics). ``is_guide`` marks appended rows.
+
+    >>> on = RolloutBatch.from_rows(behavior_logprobs=torch.zeros(2, 1), mask=torch.ones(2, 1),
+    ...                             rewards=torch.tensor([0.0, 0.0]), group_ids=torch.tensor([4, 4]))
+    >>> g = RolloutBatch.from_rows(behavior_logprobs=torch.zeros(3, 1), mask=torch.ones(3, 1),
+    ...                            rewards=torch.tensor([1.0, 0.0, 1.0]), group_ids=torch.tensor([4, 4, 4]))
+    >>> merged, _ = append_guides(on, g, [4], k=2)
+    >>> merged.rewards.tolist(), merged.is_guide.tolist()
+    ([0.0, 0.0, 1.0, 1.0], [False, False, True, True])
+    """
+    if k < 1:
+        raise ValueError(f"k (appended rows per group) must be >= 1, got {k}")
+    n_on = on_policy.size
+    guides = guides.replace(is_guide=torch.ones(guides.size, dtype=torch.bool, device=guides.is_guide.device))
+    combined = RolloutBatch.cat([on_policy, guides])
+    correct: dict[int, list[int]] = {}
+    for j, (g, r) in enumerate(zip(guides.group_ids.tolist(), guides.rewards.tolist())):
+        if r > correct_threshold:
+            correct.setdefault(g, []).append(n_on + j)
+    rows_of: dict[int, list[int]] = {}
+    for i, g in enumerate(on_policy.group_ids.tolist()):
+        rows_of.setdefault(g, []).append(i)
+    wanted = set(int(t) for t in targets)
+    index: list[int] = []
+    added = 0
+    groups_with = 0
+    for g, rows in rows_of.items():  # keep each group's rows together: on-policy rows, then its guides
+        index += rows
+        if g in wanted and correct.get(g):
+            extra = correct[g][:k]
+            index += extra
+            added += len(extra)
+            groups_with += 1
+    merged = combined.select(index).trim()
+    n_groups = max(len(rows_of), 1)
+    metrics = {
+        "guide/gated_frac": len(wanted & set(rows_of)) / n_groups,
+        "guide/injected_frac": groups_with / n_groups,
+        "guide/found_frac": groups_with / max(len(wanted & set(rows_of)), 1),
+        "guide/rows": float(added),
+        "guide/replaced_correct": 0.0,
+    }
+    return merged, metrics

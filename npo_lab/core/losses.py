@@ -5,7 +5,7 @@ For on-policy rows (and, by default, for guide rows too) the per-token loss is P
 
     rho = exp(logp - old_logp),   l = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
 
-Guide rows (``is_guide``) can be treated three ways (``guide_loss``); see docs/algorithm.md:
+Guide rows (``is_guide``) can be treated four ways (``guide_loss``); see docs/algorithm.md:
 
 * ``on_policy`` (default, an inference from "the RL objective remains unchanged"): exactly the
   formula above, with ``old_logp`` recomputed by the current policy on the guide tokens.
@@ -13,6 +13,8 @@ Guide rows (``is_guide``) can be treated three ways (``guide_loss``); see docs/a
 * ``importance``: rho_b = exp(logp - behavior_logp), the ratio to the policy that sampled the row,
   truncated above at ``is_cap`` and held constant: grad l = -A * min(rho_b, is_cap) * grad logp
   (truncated importance sampling, as verl's ``tis_imp_ratio_cap``).
+* ``shaped_is`` (ExGRPO, arXiv 2510.02245): w = exp(logp - behavior_logp), the ratio to the log-probs recorded
+  when the replayed row was sampled, shaped and unclipped: l = -A * w / (w + gamma).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from npo_lab.core.functional import masked_mean
 from npo_lab.core.kl import kl_penalty
 from npo_lab.registry import Registry
 
-GUIDE_LOSSES = ("on_policy", "shaped", "importance")
+GUIDE_LOSSES = ("on_policy", "shaped", "importance", "shaped_is")
 AGGREGATIONS: Registry[Callable[..., Tensor]] = Registry("loss aggregation")
 
 
@@ -86,10 +88,10 @@ def policy_loss(
         advantages: (B,) group-relative advantages.
         mask: (B, T) 1 where a token enters the loss.
         is_guide: (B,) bool; None means no guide rows.
-        behavior_logprobs: (B, T) sampling-policy log-probs; needed for ``guide_loss="importance"``.
+        behavior_logprobs: (B, T) sampling-policy log-probs; needed for ``importance`` and ``shaped_is``.
         clip_eps_low, clip_eps_high: PPO clip range [1 - low, 1 + high].
-        guide_loss: ``on_policy``, ``shaped`` or ``importance``.
-        shaping_gamma: gamma of f(p) = p / (p + gamma) for ``shaped``.
+        guide_loss: ``on_policy``, ``shaped``, ``importance`` or ``shaped_is``.
+        shaping_gamma: gamma of f(x) = x / (x + gamma) for ``shaped`` and ``shaped_is``.
         is_cap: truncation of the importance ratio for ``importance``.
         aggregation: ``token_mean``, ``seq_mean`` or ``sum_norm``.
         norm_constant: C for ``sum_norm``.
@@ -121,6 +123,12 @@ def policy_loss(
             # LUFFY's regularised importance sampling: pi_teacher taken as 1, f(p) = p / (p + gamma), no clip
             p = torch.exp(logprobs)
             guide_mat = -adv * (p / (p + shaping_gamma))
+        elif guide_loss == "shaped_is":
+            if behavior_logprobs is None:
+                raise ValueError("guide_loss='shaped_is' needs behavior_logprobs")
+            # ExGRPO's corrected replay: ratio to the recorded (behaviour) log-probs, shaped, no clip
+            w = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
+            guide_mat = -adv * (w / (w + shaping_gamma))
         else:
             if behavior_logprobs is None:
                 raise ValueError("guide_loss='importance' needs behavior_logprobs")

@@ -27,7 +27,7 @@ END = "$"
 SEP = ":"
 OPS = {"add": "+", "mul": "*", "mod_add": "%"}
 MAX_COMPLETION_CHARS = 64
-STYLES = ("bare", "padded", "scratch")
+STYLES = ("bare", "padded", "scratch", "alt")
 
 
 @dataclass
@@ -141,14 +141,30 @@ def write_answer(value: int, cfg: ArithmeticConfig, pad: bool) -> str:
     return s[::-1] if cfg.reverse_answer else s
 
 
+def alt_scratchpad(p: Problem, cfg: ArithmeticConfig) -> str:
+    """Another intermediate step of the same width: the units of each digit sum, least significant first
+    (add: 047+385 -> 7+5, 4+8, 0+3 -> "223"); for mul and mod_add the scratchpad written the other way round.
+    The style of the built-in external teacher: valid, but unlike anything the student was warm-started on."""
+    if cfg.operation == "add":
+        return "".join(str((p.a // 10**i % 10 + p.b // 10**i % 10) % 10) for i in range(cfg.digits))
+    return scratchpad(p, cfg)[::-1]
+
+
 def format_completion(p: Problem, cfg: ArithmeticConfig, style: str) -> str:
-    """A correct completion in one of the styles ``bare``, ``padded``, ``scratch``."""
+    """A correct completion in one of the styles ``bare``, ``padded``, ``scratch``, ``alt``.
+
+    >>> p = make_problem(47, 385, ArithmeticConfig())
+    >>> [format_completion(p, ArithmeticConfig(), s) for s in STYLES]
+    ['234$', '2340$', '110:234$', '223:234$']
+    """
     if style == "bare":
         return write_answer(p.answer, cfg, pad=False) + END
     if style == "padded":
         return write_answer(p.answer, cfg, pad=True) + END
     if style == "scratch":
         return scratchpad(p, cfg) + SEP + write_answer(p.answer, cfg, pad=False) + END
+    if style == "alt":
+        return alt_scratchpad(p, cfg) + SEP + write_answer(p.answer, cfg, pad=False) + END
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 

@@ -116,3 +116,26 @@ def test_entropy_bonus_and_metric():
 def test_unknown_guide_loss():
     with pytest.raises(ValueError, match="guide_loss"):
         policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), guide_loss="luffy")
+
+
+def test_shaped_is_guide_rows_weight_the_ratio_to_the_recorded_logprobs():
+    # ExGRPO: w = pi / pi_recorded, loss -A * w / (w + gamma), no clip; d loss / d logp = -A * gamma * w / (w + g)^2
+    logp = torch.log(torch.tensor([[0.5], [0.3]])).requires_grad_(True)
+    recorded = torch.log(torch.tensor([[0.5], [0.1]]))
+    adv = torch.tensor([1.0, 2.0])
+    loss, _ = policy_loss(
+        logp,
+        logp.detach(),
+        adv,
+        torch.ones(2, 1),
+        is_guide=torch.tensor([False, True]),
+        behavior_logprobs=recorded,
+        guide_loss="shaped_is",
+        shaping_gamma=0.1,
+        aggregation="seq_mean",
+    )
+    w = 3.0  # 0.3 / 0.1, far outside the PPO clip range: nothing clips it
+    assert loss.item() == pytest.approx((-1.0 + -2.0 * w / (w + 0.1)) / 2, rel=1e-5)
+    loss.backward()
+    assert logp.grad[1, 0].item() == pytest.approx(-2.0 * 0.1 * w / (w + 0.1) ** 2 / 2, rel=1e-4)
+    assert logp.grad[0, 0].item() == pytest.approx(-0.5, rel=1e-5)

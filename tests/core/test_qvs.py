@@ -1,0 +1,66 @@
+"""The Q/V/S estimators on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from npo_lab.core.qvs import importance_weights, q_hat, s_hat, v_hat
+
+
+def test_q_hat_counts_prompts_with_a_correct_sample():
+    rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    gids = torch.tensor([1, 1, 2, 2, 3, 3])
+    assert q_hat(rewards, gids, [1, 2, 3]) == pytest.approx(2 / 3)
+    assert q_hat(rewards, gids, [2]) == 0.0
+    assert math.isnan(q_hat(rewards, gids, []))
+
+
+def test_v_hat_by_hand():
+    # per-token weights w = pi_t / pi_src = [1, 0.5, 2] on the three unmasked tokens (the fourth is padding)
+    lp_t = torch.log(torch.tensor([[0.4, 0.2], [0.6, 0.9]]))
+    lp_s = torch.log(torch.tensor([[0.4, 0.4], [0.3, 0.1]]))
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    w = importance_weights(lp_t, lp_s, mask)
+    assert w.tolist() == pytest.approx([1.0, 0.5, 2.0])
+    mean = 3.5 / 3
+    var = sum((x - mean) ** 2 for x in (1.0, 0.5, 2.0)) / 3
+    assert v_hat(lp_t, lp_s, mask) == pytest.approx(1.0 + var)
+    assert v_hat(lp_t, lp_s, mask, estimator="chi2") == pytest.approx(1.0 + (1 + 0.25 + 4) / 3 - 1)
+    log_sq = (0 + math.log(0.5) ** 2 + math.log(2.0) ** 2) / 3
+    assert v_hat(lp_t, lp_s, mask, estimator="log_ratio", floor=0.5) == pytest.approx(0.5 + log_sq)
+    assert v_hat(estimator="grad_norm", grad_norms=torch.tensor([1.0, 3.0])) == pytest.approx(1.0 + 1.0)
+
+
+def test_v_hat_is_the_floor_for_the_policy_itself_and_nan_without_rows():
+    lp = torch.log(torch.rand(3, 4) * 0.9 + 0.05)
+    mask = torch.ones(3, 4)
+    for est in ("is_variance", "log_ratio", "chi2"):
+        assert v_hat(lp, lp, mask, estimator=est, floor=1.0) == pytest.approx(1.0)
+    assert math.isnan(v_hat(lp, lp, torch.zeros(3, 4)))
+    with pytest.raises(ValueError, match="estimator"):
+        v_hat(lp, lp, mask, estimator="kl")
+    with pytest.raises(ValueError, match="grad_norms"):
+        v_hat(estimator="grad_norm")
+
+
+def test_log_ratio_keeps_growing_where_is_variance_saturates():
+    # a confident source (pi_src = 1) on tokens pi_t finds ever less likely: w -> 0, Var(w) stays bounded
+    mask = torch.ones(1, 4)
+    src = torch.zeros(1, 4)
+    prev_lr = 0.0
+    for p in (0.5, 1e-2, 1e-4, 1e-8):
+        cur = torch.log(torch.tensor([[1.0, 1.0, p, p]]))
+        assert v_hat(cur, src, mask) <= 1.25
+        lr = v_hat(cur, src, mask, estimator="log_ratio")
+        assert lr > prev_lr
+        prev_lr = lr
+    assert prev_lr > 100
+
+
+def test_s_hat():
+    assert s_hat(0.6, 1.5) == pytest.approx(0.4)
+    assert math.isnan(s_hat(float("nan"), 1.0))
+    assert math.isnan(s_hat(0.5, 0.0))
