@@ -146,11 +146,14 @@ class AutoNPOController:
                 return "entropy_collapse"
         return None
 
-    def record(self, step: int) -> None:
-        """An intervention happened at ``step``: start the cooldown and a fresh stagnation window."""
+    def record(self, step: int, counted: bool = True) -> None:
+        """An intervention happened at ``step``: start the cooldown and a fresh stagnation window.
+
+        ``counted=False`` (a trigger that could not act, e.g. an empty mistake pool) starts the cooldown
+        without counting towards ``max_interventions``."""
         self.last_intervention = step
         self.since_last = 0
-        self.count += 1
+        self.count += int(counted)
 
     def state_dict(self) -> dict[str, Any]:
         return {

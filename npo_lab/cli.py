@@ -142,6 +142,11 @@ class TrainCommand(ExperimentConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_method(self.method)
+        if self.previous:
+            if self.method.split(":")[0] != "rlep":
+                raise ValueError(f"previous is only read by --method rlep, not {self.method!r}")
+            if not Path(self.previous).is_file():
+                raise ValueError(f"previous: checkpoint file {self.previous} does not exist")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
@@ -183,8 +188,11 @@ class QVSCommand(ExperimentConfig):
             raise ValueError(
                 f"deltas must be non-zero distances (negative: past, positive: future), got {self.deltas}"
             )
-        if self.probe < 1 or self.k < 1 or self.seeds < 1 or self.workers < 0:
-            raise ValueError("probe, k and seeds must be >= 1 and workers >= 0")
+        for name in ("probe", "k", "seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
 COMMANDS: dict[str, type] = {"compare": CompareCommand, "train": TrainCommand, "qvs": QVSCommand}
@@ -480,7 +488,9 @@ def _previous_policy(cfg: TrainCommand, steps: int) -> Any:
     seed_everything(cfg.seed)
     backend = backend_factory(cfg.task, cfg.model)(cfg.seed)
     train(make_state(backend, cfg.grpo, cfg.seed), "grpo", RunConfig(steps=steps, eval_every=steps), cfg.grpo)
-    return backend.save()
+    policy = backend.save()
+    seed_everything(cfg.seed)  # the rlep run starts from the same global RNG state as any other run
+    return policy
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -529,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = "interrupted; the files written so far are kept and no worker is left running"
         print(f"npo-lab {command}: {msg}", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # e.g. an unreadable --previous, a NaN loss
+        print(f"npo-lab {command}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

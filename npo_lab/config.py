@@ -374,11 +374,15 @@ def check_compatible(grpo: GRPOConfig, cfgs: MethodConfigs | NPOConfig, method: 
     elif method == "exgrpo":
         n = round(cfgs.exgrpo.experience_ratio * grpo.prompts_per_step)
         _check(
-            0 < n < grpo.prompts_per_step or grpo.prompts_per_step == 1,
+            0 < n < grpo.prompts_per_step,
             f"{pre}exgrpo.experience_ratio",
             cfgs.exgrpo.experience_ratio,
             f"a ratio that leaves both replay and fresh prompts among {grpo.prompts_per_step} prompts per step",
         )
+
+
+AUTONPO_IGNORES = {"delta", "interventions", "every"}
+"""NPO fields AutoNPO does not read (it picks Delta and the intervention steps itself)."""
 
 
 def parse_method(spec: str, cfgs: MethodConfigs | NPOConfig) -> tuple[str, MethodConfigs]:
@@ -404,12 +408,18 @@ def parse_method(spec: str, cfgs: MethodConfigs | NPOConfig) -> tuple[str, Metho
     if overrides and name == "grpo":
         raise ValueError(f"methods: {spec!r}: grpo takes no overrides")
     sections = [name] + (["npo"] if name == "autonpo" else [])
+
+    def names_of(sec: str) -> set[str]:
+        names = {f.name for f in dataclasses.fields(getattr(cfgs, sec))}
+        # autonpo's guided steps read npo's gate/slots/loss, but not npo's manual schedule
+        return names - AUTONPO_IGNORES if (name, sec) == ("autonpo", "npo") else names
+
     changes: dict[str, dict[str, object]] = {sec: {} for sec in sections}
     for ov in overrides:
         key, sep, raw = ov.partition("=")
-        sec = next((s for s in sections if key in {f.name for f in dataclasses.fields(getattr(cfgs, s))}), None)
+        sec = next((s for s in sections if key in names_of(s)), None)
         if not sep or sec is None:
-            names = [f.name for s in sections for f in dataclasses.fields(getattr(cfgs, s))]
+            names = [n for s in sections for n in sorted(names_of(s))]
             near = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ValueError(f"methods: {spec!r}: {ov!r} is not field=value of {' or '.join(sections)}{hint}")

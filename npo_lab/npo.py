@@ -191,7 +191,9 @@ class AutoNPOGuide(NearFutureGuide):
         prompts = self.pool.prompts(self.auto.q_prompts)
         if not prompts:
             self.event(step=t, kind="skipped", reason=reason, why="the mistake pool is empty")
+            self.controller.record(t, counted=False)  # wait a cooldown before asking again
             return m
+        t0 = time.perf_counter()
         res = lookahead(state, self.auto.candidates, plain_step, self.cfg.restore_optimizer)
         # scored after the rollback: the backend's current weights are pi_t again
         scores = measure_sources(
@@ -206,9 +208,11 @@ class AutoNPOGuide(NearFutureGuide):
         )
         deltas = sorted(scores)
         best, s = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])
+        seconds = time.perf_counter() - t0  # look-ahead + scoring every candidate
+        scoring_rows = len(prompts) * self.auto.q_samples * len(deltas)
         self.controller.record(t)
         self.intervention_costs.append(res.steps)
-        self.lookahead_seconds += res.seconds
+        self.lookahead_seconds += seconds
         self.interventions.append(t)
         self.event(
             step=t,
@@ -218,6 +222,8 @@ class AutoNPOGuide(NearFutureGuide):
             reward_slope=self.controller.reward_slope(),
             candidates={d: scores[d] for d in deltas},
             delta=best,
+            scoring_rows=scoring_rows,
+            seconds=seconds,
         )
         if best is not None:
             self.chosen.append(best)
@@ -230,13 +236,26 @@ class AutoNPOGuide(NearFutureGuide):
                 "autonpo/q_hat": scores[best]["q"] if best is not None else float("nan"),
                 "autonpo/v_hat": scores[best]["v"] if best is not None else float("nan"),
                 "autonpo/s_hat": max((x for x in s if x == x), default=float("nan")),
+                "autonpo/scoring_rows": float(scoring_rows),
                 "npo/lookahead_steps": float(self.lookahead_steps),
-                "npo/lookahead_s": res.seconds,
+                "npo/lookahead_s": seconds,
             }
         )
         return m
 
-    def after_step(self, state: Any, batch: RolloutBatch, entropy: Tensor | None, metrics: dict[str, float]) -> None:
-        acc, _ = failing_groups(batch, self.cfg.gate, self.thr)
+    def after_step(
+        self,
+        state: Any,
+        batch: RolloutBatch,
+        entropy: Tensor | None,
+        metrics: dict[str, float],
+        rollout: RolloutBatch,
+    ) -> None:
+        # group accuracy of the full on-policy group, before a guide replaced one of its rows
+        acc, _ = failing_groups(rollout, self.cfg.gate, self.thr)
         self.pool.update(acc, self.cfg.gate)
-        self.controller.observe(state.step - 1, metrics["reward/on_policy_mean"], metrics.get("policy/entropy"))
+        ent = None
+        if entropy is not None:  # mean token entropy of the policy on its own (on-policy) rows
+            on = (~batch.is_guide).unsqueeze(-1).float() * batch.mask  # (B, T)
+            ent = ((entropy * on).sum() / on.sum().clamp(min=1.0)).item()
+        self.controller.observe(state.step - 1, metrics["reward/on_policy_mean"], ent)

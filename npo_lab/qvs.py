@@ -40,11 +40,6 @@ def _grad_norms(backend: Backend, rows: RolloutBatch, max_rows: int) -> torch.Te
     return torch.stack(norms) if norms else torch.zeros(0)
 
 
-def _signal(q: float, v: float) -> float:
-    """S = Q / V; a source that solves none of the prompts carries no signal (S = 0, whatever V)."""
-    return 0.0 if q == 0 else s_hat(q, v)
-
-
 def measure_sources(
     backend: Backend,
     prompts: Sequence[int],
@@ -86,9 +81,9 @@ def measure_sources(
                 vs["grad_norm"] = v_hat(estimator="grad_norm", floor=floor, grad_norms=norms)
         v = vs.get(estimator, nan)
 
-        out[key] = {"q": q, "v": v, "s": _signal(q, v), "correct_rows": float(correct.size)}
+        out[key] = {"q": q, "v": v, "s": s_hat(q, v), "correct_rows": float(correct.size)}
         out[key].update({f"v_{e}": vs[e] for e in CHEAP_V_ESTIMATORS})
-        out[key].update({f"s_{e}": _signal(q, vs[e]) for e in CHEAP_V_ESTIMATORS})
+        out[key].update({f"s_{e}": s_hat(q, vs[e]) for e in CHEAP_V_ESTIMATORS})
     return out
 
 
@@ -114,21 +109,14 @@ def qvs_along_run(
     floor: float = 1.0,
     threads: int = 1,
 ) -> list[dict[str, Any]]:
-    """Train plain GRPO for ``steps`` steps; at each step in ``at`` measure Q, V, S of every source.
+    """Build the backend of ``seed`` and run :func:`measure_along_run` on a plain GRPO run (``npo-lab qvs``).
 
-    Sources at step t: pi_{t+Delta} for Delta > 0 (one look-ahead run, then an exact rollback, so the GRPO run
-    itself is not changed by the measurement), pi_{t+Delta} for Delta < 0 (a past checkpoint of the same run: the
-    source replay methods draw from), and the backend's external teacher. Failed prompts: those of a fixed probe
-    set (``probe`` prompt ids drawn with the seed) whose k-sample group under pi_t is below ``gate``.
-
-    Returns one record per (step, source): ``{"seed", "step", "source", "q", "v", "s", "failed", ...}``.
-    """
+    The probe set is ``probe`` prompt ids drawn with the seed; the teacher is the backend's ``teacher()``."""
     import random
 
     import torch
 
-    from npo_lab.npo import lookahead
-    from npo_lab.trainer import grpo_step, make_state
+    from npo_lab.trainer import make_state
     from npo_lab.utils import seed_everything
 
     torch.set_num_threads(threads)
@@ -137,24 +125,67 @@ def qvs_along_run(
     state = make_state(backend, grpo, seed)
     rng = random.Random(seed + 31337)
     probe_ids = sorted(rng.sample(range(backend.num_prompts), min(probe, backend.num_prompts)))
+    teacher_ck = backend.teacher() if teacher and hasattr(backend, "teacher") else None
+    records = measure_along_run(
+        state,
+        grpo,
+        steps,
+        at,
+        deltas,
+        probe_ids,
+        k=k,
+        gate=gate,
+        teacher=teacher_ck,
+        estimator=estimator,
+        floor=floor,
+    )
+    return [{"seed": seed, **r} for r in records]
+
+
+def measure_along_run(
+    state: Any,
+    grpo: Any,
+    steps: int,
+    at: Sequence[int],
+    deltas: Sequence[int],
+    probe_ids: Sequence[int],
+    *,
+    k: int = 8,
+    gate: float = 0.6,
+    teacher: Checkpoint | None = None,
+    estimator: str = "is_variance",
+    floor: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Train plain GRPO on ``state`` to ``steps``; at each step in ``at`` measure Q, V, S of every source.
+
+    Sources at step t: pi_{t+Delta} for Delta > 0 (one look-ahead run), pi_{t+Delta} for Delta < 0 (a past
+    checkpoint of the same run: what replay methods draw from), and ``teacher``. Failed prompts: those of
+    ``probe_ids`` whose k-sample group under pi_t is below ``gate``. The whole measurement (look-ahead and
+    every sample it draws) is rolled back exactly, so the GRPO run is the same whatever is measured.
+
+    Returns one record per (step, source): ``{"step", "source", "delta", "q", "v", "s", "failed", ...}``.
+    """
+    from npo_lab.npo import lookahead, restore, snapshot
+    from npo_lab.trainer import grpo_step
+
     future = sorted(d for d in deltas if d > 0)
     past = sorted(-d for d in deltas if d < 0)
-    teacher_ck = backend.teacher() if teacher and hasattr(backend, "teacher") else None
     saved: dict[int, Checkpoint] = {}
     records: list[dict[str, Any]] = []
     at_set = set(at)
-    for t in range(steps + 1):
+    while True:
+        t = state.step
         if t in at_set:
+            snap = snapshot(state)
             sources: dict[Any, Checkpoint] = {}
             if future:
-                la = lookahead(state, future, lambda: grpo_step(state, grpo))
-                sources.update(la.checkpoints)
+                sources.update(lookahead(state, future, lambda: grpo_step(state, grpo)).checkpoints)
             sources.update({-d: saved[t - d] for d in past if t - d in saved})
-            if teacher_ck is not None:
-                sources["teacher"] = teacher_ck
-            failed, acc = failed_prompts(backend, probe_ids, k, gate, grpo.correct_threshold)
+            if teacher is not None:
+                sources["teacher"] = teacher
+            failed, acc = failed_prompts(state.backend, probe_ids, k, gate, grpo.correct_threshold)
             scores = measure_sources(
-                backend,
+                state.backend,
                 failed,
                 sources,
                 k=k,
@@ -162,26 +193,26 @@ def qvs_along_run(
                 estimator=estimator,
                 floor=floor,
             )
+            restore(state, snap)  # the samples drawn above must not change the run
             for key, sc in scores.items():
+                delta = key if isinstance(key, int) else None
                 records.append(
                     {
-                        "seed": seed,
                         "step": t,
                         "source": source_label(key),
-                        "delta": key if isinstance(key, int) else None,
+                        "delta": delta,
                         "failed": len(failed),
                         "probe_accuracy": acc,
                         **sc,
                     }
                 )
-        if t == steps:
-            break
+        if t >= steps:
+            return records
         if past:
-            saved[t] = backend.save()
+            saved[t] = state.backend.save()
             for s in [s for s in saved if s < t - past[-1]]:
                 del saved[s]
         grpo_step(state, grpo)
-    return records
 
 
 def summarize_qvs(records: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, Any]:

@@ -6,7 +6,8 @@ A source has four hooks, called by :func:`npo_lab.trainer.grpo_step` and :func:`
 * ``choose_prompts(state, prompts)``: the batch's prompts (ExGRPO swaps some for replay-pool prompts);
 * ``guides(state, batch, grpo)``: a :class:`GuidePlan` (candidate rows, target prompts, replace or append,
   and how the loss treats them) or None;
-* ``after_step(state, batch, entropy, metrics)``: observe the finished step (replay pools, AutoNPO).
+* ``after_step(state, batch, entropy, metrics, rollout)``: observe the finished step: the batch it trained on
+  (guide rows merged), its per-token entropies, its metrics, and the on-policy rollout before any merge.
 
 Methods, with their sources (docs/methods.md has the details and the config fields):
 
@@ -107,7 +108,14 @@ class GuideSource:
     def guides(self, state: Any, batch: RolloutBatch, grpo: GRPOConfig) -> GuidePlan | None:
         return None
 
-    def after_step(self, state: Any, batch: RolloutBatch, entropy: Tensor | None, metrics: dict[str, float]) -> None:
+    def after_step(
+        self,
+        state: Any,
+        batch: RolloutBatch,
+        entropy: Tensor | None,
+        metrics: dict[str, float],
+        rollout: RolloutBatch,
+    ) -> None:
         pass
 
 
@@ -230,7 +238,14 @@ class ExperienceReplay(GuideSource):
             {"exgrpo/pool_prompts": float(len(self.pool)), "exgrpo/replayed": float(len(targets))},
         )
 
-    def after_step(self, state: Any, batch: RolloutBatch, entropy: Tensor | None, metrics: dict[str, float]) -> None:
+    def after_step(
+        self,
+        state: Any,
+        batch: RolloutBatch,
+        entropy: Tensor | None,
+        metrics: dict[str, float],
+        rollout: RolloutBatch,
+    ) -> None:
         if metrics["reward/on_policy_mean"] > self.cfg.start_solve_rate and not self.started:
             self.started = True
             self.event(step=state.step - 1, kind="exgrpo_start", solve_rate=metrics["reward/on_policy_mean"])

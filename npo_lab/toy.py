@@ -196,8 +196,8 @@ def exact_v(
         k: samples per failed prompt. Unused: the limit does not depend on k (accepted so that callers can pass
             the same arguments as to :func:`exact_q`).
         gate: failure gate on p_t.
-        estimator: ``is_variance`` (floor + Var(w)), ``chi2`` (floor + E[w^2] - 1) or ``grad_norm``
-            (floor + Var(||grad log pi_t||)).
+        estimator: ``is_variance`` (floor + Var(w)), ``chi2`` (floor + E[w^2] - 1), ``log_ratio``
+            (floor + E[(log w)^2]) or ``grad_norm`` (floor + Var(||grad log pi_t||)).
         floor: the on-policy cost added to every estimate.
 
     Returns:
@@ -227,6 +227,8 @@ def exact_v(
         logp_t = torch.log_softmax(theta_t.detach().double(), -1)[fail]  # (|F|, A)
         logp_src = torch.log_softmax(theta_src.detach().double(), -1)[fail]  # (|F|, A)
         f = torch.exp((logp_t - logp_src).clamp(-30.0, 30.0))  # (|F|, A)
+    if estimator == "log_ratio":
+        return floor + ((mass * f.log().pow(2)).sum() / z).item()
     m1 = (mass * f).sum() / z
     m2 = (mass * f * f).sum() / z
     if estimator == "chi2":

@@ -59,6 +59,7 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
         prompts = source.choose_prompts(state, prompts)
     with timed(m, "rollout"):
         b = backend.rollout(prompts, grpo.group_size)  # B = prompts x G rows
+    rollout = b  # the on-policy groups before any guide row is merged
     m["reward/on_policy_mean"] = b.rewards.float().mean().item()
 
     guide_kw: dict[str, Any] = {}
@@ -139,7 +140,7 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     m["charts/completion_tokens"] = b.mask.sum(-1).float().mean().item()
     state.step += 1
     if source is not None:
-        source.after_step(state, b, old_entropy, m)
+        source.after_step(state, b, old_entropy, m, rollout)
     return m
 
 

@@ -149,6 +149,7 @@ def test_method_specs_override_npo_fields_per_method():
     assert parse_method("exgrpo:selection=random", MethodConfigs())[1].exgrpo.selection == "random"
     for bad, msg in [
         ("luffy:delta=3", "not field=value of luffy"),
+        ("autonpo:delta=3", "not field=value of autonpo or npo"),  # AutoNPO chooses Delta itself
         ("autonpo:cooldwn=3", "did you mean 'cooldown'"),
         ("exgrpo:experience_ratio=1.5", "exgrpo.experience_ratio must be in"),
         ("npo:delat=3", "did you mean 'delta'"),
@@ -161,6 +162,10 @@ def test_method_specs_override_npo_fields_per_method():
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_method(bad, NPOConfig())
+    from npo_lab.config import check_compatible
+
+    with pytest.raises(ValueError, match="exgrpo.experience_ratio"):
+        check_compatible(GRPOConfig(batch_size=8, group_size=8), MethodConfigs(), "exgrpo")
 
 
 @pytest.mark.parametrize("field", ["advantage", "aggregation", "kl_estimator"])

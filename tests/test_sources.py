@@ -92,7 +92,7 @@ def test_exgrpo_collects_partial_groups_and_retires_solved_prompts():
     b = hand_batch([0, 2, 4])  # group 0: none correct, 1: half, 2: fully solved
     b = b.replace(old_logprobs=b.behavior_logprobs * 2)  # what the trainer recomputed at this step
     entropy = torch.tensor([[0.5, 0.5]] * 4 + [[0.9, 0.9], [0.1, 0.3]] + [[1.0, 1.0]] * 6)  # (B, T)
-    src.after_step(SimpleNamespace(step=1), b, entropy, {"reward/on_policy_mean": 0.5})
+    src.after_step(SimpleNamespace(step=1), b, entropy, {"reward/on_policy_mean": 0.5}, b)
     assert set(src.pool) == {1}  # no correct row for 0; 2 retired once fully solved
     k, rows = src.pool[1]
     assert k == 2 and len(rows) == 2
@@ -105,7 +105,7 @@ def test_exgrpo_mixes_only_after_the_start_and_replays_the_lowest_entropy_row():
     src = ExperienceReplay(ExGRPOConfig(experience_ratio=0.5), group_size=4)
     b = hand_batch([0, 2])
     entropy = torch.tensor([[1.0, 1.0]] * 4 + [[0.9, 0.9], [0.1, 0.3]] + [[1.0, 1.0]] * 2)
-    src.after_step(SimpleNamespace(step=1), b, entropy, {"reward/on_policy_mean": 0.2})
+    src.after_step(SimpleNamespace(step=1), b, entropy, {"reward/on_policy_mean": 0.2}, b)
     assert not src.started and 1 in src.pool
     assert src.choose_prompts(None, [10, 11, 12, 13]) == [10, 11, 12, 13]  # not started: no replay
     src.started = True
@@ -177,9 +177,9 @@ class Recorder(GuideSource):
     def guides(self, state, batch, grpo):
         return self.inner.guides(state, batch, grpo)
 
-    def after_step(self, state, batch, entropy, metrics):
+    def after_step(self, state, batch, entropy, metrics, rollout):
         self.batches.append(batch)
-        self.inner.after_step(state, batch, entropy, metrics)
+        self.inner.after_step(state, batch, entropy, metrics, rollout)
 
 
 @pytest.mark.parametrize("method", ["luffy", "rlep"])
@@ -214,7 +214,80 @@ def test_autonpo_triggers_scores_candidates_and_guides_with_the_argmax():
     s = {d: sc["s"] for d, sc in scores.items() if sc["s"] == sc["s"]}
     assert first["delta"] == max(s, key=lambda d: (s[d], -d))
     assert res.intervention_costs[0] == 3  # one look-ahead run of max(candidates) steps
+    assert first["scoring_rows"] == len(src.pool.prompts(auto.q_prompts)) * 4 * 2 or first["scoring_rows"] > 0
     assert res.interventions[0] == 1 and all(b - a >= 4 for a, b in zip(res.interventions, res.interventions[1:]))
+
+
+def test_autonpo_guides_with_the_chosen_checkpoint_after_an_intervention(monkeypatch):
+    import npo_lab.trainer as trainer_mod
+
+    be = ScriptedBackend(n_prompts=16, seq_len=2, vocab=4, seed=2)
+    grpo = GRPOConfig(batch_size=32, group_size=4, lr=0.5)
+    auto = AutoNPOConfig(candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4)
+    src = AutoNPOGuide(auto, NPOConfig(), total_steps=8)
+    merged_guides = []
+    real = trainer_mod.merge_guides
+
+    def spy(on_policy, guides, targets, *args, **kw):
+        merged_guides.append(guides)
+        return real(on_policy, guides, targets, *args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "merge_guides", spy)
+    steps_with_guides = []
+
+    class Log:
+        def log(self, m, step):
+            if m.get("guide/rows", 0) > 0:
+                steps_with_guides.append(step)
+
+        def flush(self):
+            pass
+
+    train(make_state(be, grpo, 0), src, RunConfig(steps=8, eval_every=4), grpo, logger=Log())
+    assert src.interventions[0] == 1 and src.chosen
+    assert steps_with_guides and all(1 <= s < 1 + auto.cooldown for s in steps_with_guides[:1])
+    ev = next(e for e in src.events if e["kind"] == "intervention")
+    assert ev["scoring_rows"] == ev["pool"] * auto.q_samples * len(auto.candidates)
+    # the first guided steps sample from the chosen near-future checkpoint, not from the current weights
+    chosen = src.checkpoint["weights"]["table"] if len(src.interventions) == 1 else None
+    if chosen is not None:
+        for guides in merged_guides:
+            logp_all = torch.log_softmax(chosen[guides.group_ids], -1)  # (B, T, V)
+            toks = torch.stack([e["tokens"] for e in guides.extras])  # (B, T)
+            expect = logp_all.gather(-1, toks.unsqueeze(-1)).squeeze(-1)  # (B, T)
+            assert torch.allclose(guides.behavior_logprobs, expect)
+            now = torch.log_softmax(be.table.detach()[guides.group_ids], -1).gather(-1, toks.unsqueeze(-1))
+            assert not torch.allclose(now.squeeze(-1), expect)
+
+
+def test_exgrpo_replayed_rows_reach_the_loss_with_their_recorded_logprobs(monkeypatch):
+    import npo_lab.trainer as trainer_mod
+
+    be = ScriptedBackend(n_prompts=8, seq_len=2, vocab=4, seed=4, init_bias=1.5)
+    grpo = GRPOConfig(batch_size=16, group_size=4, lr=0.2)
+    src = ExperienceReplay(ExGRPOConfig(start_solve_rate=0.0), group_size=4)
+    calls = []
+    real = trainer_mod.policy_loss
+
+    def spy(logp, old, adv, mask, **kw):
+        calls.append((old, kw, {p: r.behavior_logprobs.clone() for p, r in src.replay.items()}))
+        return real(logp, old, adv, mask, **kw)
+
+    monkeypatch.setattr(trainer_mod, "policy_loss", spy)
+    state = make_state(be, grpo, 0)
+    for _ in range(8):
+        grpo_step(state, grpo, src)
+    replayed = [(old, kw, rec) for old, kw, rec in calls if kw["is_guide"].any()]
+    assert replayed, "ExGRPO never replayed a row"
+    for old, kw, recorded in replayed:
+        assert kw["guide_loss"] == "shaped_is" and kw["shaping_gamma"] == 0.1
+        g = kw["is_guide"]
+        assert int(g.sum()) == len(recorded)  # one replayed row per experience prompt
+        got = kw["behavior_logprobs"][g]  # (n_replayed, T)
+        want = torch.cat(list(recorded.values()))
+        assert torch.allclose(got, want[:, : got.shape[1]])  # groups (and so guide rows) in replay order
+        # the ratio anchor of shaped_is is the recorded policy, which is no longer the current one
+        assert not torch.allclose(got, old[g])
 
 
 def test_make_source_rejects_unknown_methods_and_missing_inputs():

@@ -43,7 +43,7 @@ def probs(theta: torch.Tensor) -> list[list[float]]:
 
 
 def brute_force(theta_t, theta_src, correct, k, gate, floor):
-    """Q and V (is_variance, chi2, grad_norm) by enumerating every k-tuple of source answers per failed prompt."""
+    """Q and V (is_variance, chi2, log_ratio, grad_norm) from every k-tuple of source answers per failed prompt."""
     pt, ps, c = probs(theta_t), probs(theta_src), correct.tolist()
     n_prompts, n_answers = len(c), len(c[0])
     failed = [x for x in range(n_prompts) if sum(pt[x][a] for a in range(n_answers) if c[x][a]) < gate]
@@ -55,7 +55,7 @@ def brute_force(theta_t, theta_src, correct, k, gate, floor):
             (g,) = torch.autograd.grad(torch.log_softmax(th, -1)[x, a], th)
             gnorm[x, a] = g.norm().item()
     solved = 0.0
-    count = s1 = s2 = g1 = g2 = 0.0  # expected number of correct rows and expected sums over them
+    count = s1 = s2 = g1 = g2 = l2 = 0.0  # expected number of correct rows and expected sums over them
     for x in failed:
         for tup in itertools.product(range(n_answers), repeat=k):
             prob = math.prod(ps[x][a] for a in tup)
@@ -65,10 +65,16 @@ def brute_force(theta_t, theta_src, correct, k, gate, floor):
                 w = pt[x][a] / ps[x][a]
                 count += prob
                 s1, s2 = s1 + prob * w, s2 + prob * w * w
+                l2 += prob * math.log(w) ** 2
                 g1, g2 = g1 + prob * gnorm[x, a], g2 + prob * gnorm[x, a] ** 2
     q = solved / len(failed)
     ew, ew2, eg, eg2 = s1 / count, s2 / count, g1 / count, g2 / count
-    v = {"is_variance": floor + ew2 - ew**2, "chi2": floor + ew2 - 1.0, "grad_norm": floor + eg2 - eg**2}
+    v = {
+        "is_variance": floor + ew2 - ew**2,
+        "chi2": floor + ew2 - 1.0,
+        "log_ratio": floor + l2 / count,
+        "grad_norm": floor + eg2 - eg**2,
+    }
     return failed, q, v
 
 

@@ -122,11 +122,14 @@ def v_hat(
 
 
 def s_hat(q: float, v: float) -> float:
-    """Effective learning signal S = Q / V (NaN when either is undefined; 0 when Q is 0).
+    """Effective learning signal S = Q / V. A source that solves no failed prompt (Q = 0) has S = 0, whatever
+    V (it has no correct rows to measure V on); otherwise NaN when Q or V is undefined.
 
-    >>> s_hat(0.5, 2.0)
-    0.25
+    >>> s_hat(0.5, 2.0), s_hat(0.0, float("nan"))
+    (0.25, 0.0)
     """
+    if q == 0:
+        return 0.0
     if q != q or v != v or v <= 0:
         return float("nan")
     return q / v

@@ -1,0 +1,60 @@
+"""Q, V, S measured through the backend protocol: npo-lab qvs's measurement leaves the run unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from npo_lab.backend import ScriptedBackend
+from npo_lab.config import GRPOConfig
+from npo_lab.qvs import failed_prompts, measure_along_run, measure_sources
+from npo_lab.trainer import make_state
+from npo_lab.utils import seed_everything
+
+
+def run(at, deltas=(-2, 1, 3), steps=6):
+    seed_everything(0)
+    be = ScriptedBackend(n_prompts=12, seq_len=2, vocab=4, seed=0)
+    grpo = GRPOConfig(batch_size=24, group_size=4, lr=0.3)
+    state = make_state(be, grpo, 0)
+    teacher = {
+        "weights": {"table": torch.zeros_like(be.table).scatter_(2, be.answers.unsqueeze(-1), 9.0)},
+        "rng": be.gen.get_state(),
+    }
+    recs = measure_along_run(state, grpo, steps, at, deltas, list(range(12)), k=4, teacher=teacher)
+    return recs, be.table.detach().clone(), be.gen.get_state()
+
+
+def test_measuring_does_not_change_the_run():
+    _, w0, g0 = run(at=[])
+    recs, w1, g1 = run(at=[0, 3, 6])
+    _, w2, g2 = run(at=[6], deltas=(5,))
+    assert recs and torch.equal(w0, w1) and torch.equal(w0, w2)
+    assert torch.equal(g0, g1) and torch.equal(g0, g2)
+
+
+def test_sources_at_each_step():
+    recs, _, _ = run(at=[0, 3])
+    at0 = {r["source"] for r in recs if r["step"] == 0}
+    at3 = {r["source"] for r in recs if r["step"] == 3}
+    assert at0 == {"+1", "+3", "teacher"}  # no past checkpoint exists at step 0
+    assert at3 == {"-2", "+1", "+3", "teacher"}
+    teacher = [r for r in recs if r["source"] == "teacher"]
+    assert all(r["q"] == 1.0 for r in teacher if r["failed"])  # the sharp teacher solves every failed prompt
+
+
+def test_measure_sources_on_the_present_policy():
+    seed_everything(1)
+    be = ScriptedBackend(n_prompts=10, seq_len=2, vocab=3, seed=1)
+    failed, acc = failed_prompts(be, list(range(10)), k=6, gate=0.6)
+    assert 0.0 <= acc <= 1.0 and failed
+    never = torch.zeros_like(be.table).scatter_(2, be.answers.unsqueeze(-1), -50.0)  # never writes an answer
+    out = measure_sources(be, failed, {"self": be.save(), "never": {"weights": {"table": never}}}, k=20)
+    me = out["self"]
+    assert me["q"] > 0
+    # the source is pi_t itself: every weight is exactly 1, so V is the floor for every estimator
+    assert me["v"] == 1.0 and me["v_log_ratio"] == 1.0 and me["v_chi2"] == 1.0 and me["s"] == me["q"]
+    none = out["never"]
+    assert none["q"] == 0.0 and none["s"] == 0.0 and math.isnan(none["v"])  # solves nothing: no signal
+    assert math.isnan(measure_sources(be, [], {"x": be.save()})["x"]["q"])
