@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -65,3 +66,35 @@ class TinyLMConfig:
             )
         if self.teacher_steps < 1:
             raise ValueError(f"model.teacher_steps must be >= 1, got {self.teacher_steps}")
+
+
+@dataclass
+class GymConfig:
+    """The gymnasium backend: environment, policy network, seeds."""
+
+    policy: Literal["mlp", "gru"] = "mlp"
+    """Policy network: mlp (memoryless, the observation is the state) or gru (recurrent over the episode)."""
+    hidden: int = 64
+    """Hidden width of the policy network."""
+    n_train: int = 1024
+    """Training reset seeds 0 .. n_train - 1 (the prompt ids)."""
+    n_eval: int = 64
+    """Evaluation episodes, on held-out reset seeds 10**6 .. 10**6 + n_eval - 1, greedy policy."""
+    vector: bool = True
+    """Step the episodes of a batch through gymnasium's vector API (SyncVectorEnv); False steps them one by one."""
+    temperature: float = 1.0
+    """Policy temperature for sampling and for the training log-probs."""
+    teacher_steps: int = 150
+    """luffy's external teacher: a policy of another seed trained by plain GRPO for this many steps. [assumption]"""
+    teacher_seed: int = 99
+    """Seed of that teacher."""
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("mlp", "gru"):
+            raise ValueError(f"gym.policy must be one of 'mlp', 'gru', got {self.policy!r}")
+        if self.hidden < 1 or self.n_train < 1 or self.n_eval < 1:
+            raise ValueError("gym.hidden, gym.n_train and gym.n_eval must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"gym.temperature must be > 0, got {self.temperature}")
+        if self.teacher_steps < 1:
+            raise ValueError(f"gym.teacher_steps must be >= 1, got {self.teacher_steps}")

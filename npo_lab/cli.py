@@ -23,7 +23,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from npo_lab.config import (
     METHODS,
@@ -38,7 +38,7 @@ from npo_lab.config import (
     check_compatible,
     parse_method,
 )
-from npo_lab.envs.config import TinyLMConfig
+from npo_lab.envs.config import GymConfig, TinyLMConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
 
@@ -46,8 +46,15 @@ from npo_lab.tasks.arithmetic import ArithmeticConfig
 class ExperimentConfig(RunConfig):
     """A run's length and outputs, plus the task, the policy, the GRPO step and every method's settings."""
 
+    backend: Literal["arith", "gym"] = "arith"
+    """Which backend runs the policy: arith (the built-in arithmetic task: task.* and model.*) or gym (a gymnasium
+    environment: env and gym.*)."""
+    env: str = "npo_lab/Chain-v0"
+    """backend=gym: the environment id (npo_lab/Chain-v0, npo_lab/ChainEasy-v0, npo_lab/KeyDoor-v0,
+    npo_lab/FrozenLake-v0, npo_lab/CartPoleBalance-v0, or any gymnasium id with a Discrete action space)."""
     task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     model: TinyLMConfig = field(default_factory=TinyLMConfig)
+    gym: GymConfig = field(default_factory=GymConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     npo: NPOConfig = field(default_factory=NPOConfig)
     autonpo: AutoNPOConfig = field(default_factory=AutoNPOConfig)
@@ -305,10 +312,28 @@ def parse(command: str, argv: list[str]) -> Any:
 
 
 # ---- commands --------------------------------------------------------------------------------------
-def backend_factory(task: ArithmeticConfig, model: TinyLMConfig) -> Any:
+def backend_factory(cfg: ExperimentConfig) -> Any:
+    """A picklable ``make_backend(seed)`` for the configured backend (the only place a backend is named)."""
+    if cfg.backend == "gym":
+        from npo_lab.envs.gym_backend import make_gym_backend
+
+        return functools.partial(make_gym_backend, cfg.env, cfg.gym)
     from npo_lab.envs.arithmetic import make_arithmetic_backend
 
-    return functools.partial(make_arithmetic_backend, task, model)
+    return functools.partial(make_arithmetic_backend, cfg.task, cfg.model)
+
+
+def check_backend(cfg: ExperimentConfig) -> None:
+    """Checks that need the backend's packages (gym: the environment id and its spaces), before any work."""
+    if cfg.backend == "gym":
+        from npo_lab.envs.gym_backend import make_env
+
+        make_env(cfg.env).close()
+
+
+def run_label(cfg: ExperimentConfig) -> str:
+    """The task part of a run folder's name: ``arith`` or the environment id (``npo_lab-Chain-v0``)."""
+    return cfg.task.name if cfg.backend == "arith" else cfg.env.replace("/", "-")
 
 
 def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
@@ -323,7 +348,7 @@ def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
         tensorboard=cfg.tensorboard,
     )
     doc = compare(
-        backend_factory(cfg.task, cfg.model),
+        backend_factory(cfg),
         cfg.method_list,
         seeds,
         run,
@@ -353,7 +378,7 @@ def run_train(cfg: TrainCommand) -> Any:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     label = cfg.method.replace(":", "_").replace("=", "-")
-    run_dir = Path(cfg.out) / f"{cfg.task.name}__{label}__{cfg.seed}__{int(time.time())}"
+    run_dir = Path(cfg.out) / f"{run_label(cfg)}__{label}__{cfg.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     print(f"run folder: {run_dir}")
@@ -361,7 +386,7 @@ def run_train(cfg: TrainCommand) -> Any:
     for k, v in _flatten(to_dict(cfg)).items():
         print(f"| {k} | {v} |")
     seed_everything(cfg.seed)
-    backend = backend_factory(cfg.task, cfg.model)(cfg.seed)
+    backend = backend_factory(cfg)(cfg.seed)
     state = make_state(backend, cfg.grpo, cfg.seed)
     loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
     if cfg.tensorboard:
@@ -418,7 +443,7 @@ def run_qvs(cfg: QVSCommand, command: str) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     job = functools.partial(
         qvs_along_run,
-        backend_factory(cfg.task, cfg.model),
+        backend_factory(cfg),
         grpo=cfg.grpo,
         steps=cfg.steps,
         at=cfg.at,
@@ -486,7 +511,7 @@ def _previous_policy(cfg: TrainCommand, steps: int) -> Any:
 
     print(f"rlep: training the previous GRPO run ({steps} steps) whose final policy decodes the replay pool")
     seed_everything(cfg.seed)
-    backend = backend_factory(cfg.task, cfg.model)(cfg.seed)
+    backend = backend_factory(cfg)(cfg.seed)
     train(make_state(backend, cfg.grpo, cfg.seed), "grpo", RunConfig(steps=steps, eval_every=steps), cfg.grpo)
     policy = backend.save()
     seed_everything(cfg.seed)  # the rlep run starts from the same global RNG state as any other run
@@ -523,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = parse(command, rest)
+        check_backend(cfg)
     except (ValueError, TypeError) as e:  # config validation: stop before any work, naming the field
         print(f"npo-lab {command}: error: {e}", file=sys.stderr)
         return 2

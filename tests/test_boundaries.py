@@ -56,11 +56,19 @@ def test_cli_module_stays_light():
     """Building --help needs only the config dataclasses: no torch, no backend."""
     mods = loaded_after_import(["npo_lab.cli"])
     assert not heavy(mods)
-    assert "torch" not in mods and "npo_lab.envs.arithmetic" not in mods
+    assert "torch" not in mods and "npo_lab.envs.arithmetic" not in mods and "npo_lab.envs.gym_backend" not in mods
 
 
 def test_envs_never_import_llm_or_transformers():
-    mods = loaded_after_import(["npo_lab.envs", "npo_lab.envs.arithmetic", "npo_lab.envs.charlm"])
+    mods = loaded_after_import(
+        [
+            "npo_lab.envs",
+            "npo_lab.envs.arithmetic",
+            "npo_lab.envs.charlm",
+            "npo_lab.envs.gym_envs",
+            "npo_lab.envs.gym_backend",
+        ]
+    )
     assert not {m for m in mods if m.startswith("npo_lab.llm") or m.split(".")[0] == "transformers"}
 
 

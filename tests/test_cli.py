@@ -99,6 +99,59 @@ def test_train_previous_is_checked_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_gym_backend_errors_list_what_is_supported(tmp_path):
+    r = cli("compare", "--backend", "gym", "--env", "npo_lab/Nope-v0", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown environment id 'npo_lab/Nope-v0'" in r.stderr
+    assert "npo_lab/Chain-v0" in r.stderr and "npo_lab/KeyDoor-v0" in r.stderr
+    r = cli("train", "--backend", "gym", "--env", "Pendulum-v1", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Discrete action spaces only" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_compare_and_train_on_the_gym_backend(tmp_path):
+    gym_args = ["--backend", "gym", "--env", "npo_lab/ChainEasy-v0", "--gym.hidden", "16", "--gym.n-train", "32"]
+    gym_args += ["--grpo.batch-size", "16", "--grpo.group-size", "4", "--npo.delta", "2", "--npo.interventions", "0"]
+    r = cli(
+        "compare",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+        "--bootstrap",
+        "200",
+        "--methods",
+        "grpo,npo",
+        "--out",
+        str(tmp_path / "cmp"),
+        *gym_args,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(doc["methods"]) == {"grpo", "npo"} and doc["methods"]["npo"]["lookahead_steps"] == 2
+    saved = json.loads((tmp_path / "cmp" / "config.json").read_text())
+    assert saved["backend"] == "gym" and saved["env"] == "npo_lab/ChainEasy-v0"
+    r = cli(
+        "train",
+        "--method",
+        "grpo",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--no-tensorboard",
+        "--out",
+        str(tmp_path / "tr"),
+        *gym_args,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = (tmp_path / "tr").iterdir()
+    assert run.name.startswith("npo_lab-ChainEasy-v0__grpo__0__") and (run / "metrics.csv").exists()
+
+
 def test_unknown_command():
     r = cli("trian")
     assert r.returncode == 2 and "did you mean 'train'" in r.stderr

@@ -38,6 +38,7 @@ def test_training_is_deterministic_for_a_seed(method):
     a, be_a = run(method, 6, seed=3, task=task, delta=2, interventions=(0, 3))
     b, be_b = run(method, 6, seed=3, task=task, delta=2, interventions=(0, 3))
     assert a.interventions, "the run should have intervened at least once"
+
     def decisions(events):  # everything but the timings
         return [{k: v for k, v in e.items() if k != "seconds"} for e in events]
 
