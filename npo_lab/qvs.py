@@ -224,7 +224,7 @@ def summarize_qvs(records: list[dict[str, Any]], n_boot: int = 2000) -> dict[str
     for step, src in keys:
         rows = [r for r in records if r["step"] == step and r["source"] == src]
         entry: dict[str, Any] = {"n_seeds": len(rows), "delta": rows[0]["delta"]}
-        for m in ("q", "v", "s"):
+        for m in ("q", "v", "s", "v_log_ratio", "s_log_ratio"):
             vals = [r[m] for r in rows if r[m] == r[m]]
             med, lo, hi = bootstrap_ci(vals, "median", n_boot) if vals else (float("nan"),) * 3
             entry[m] = {"median": med, "ci95": [lo, hi], "n": len(vals)}
@@ -237,55 +237,67 @@ def _order(src: str) -> float:
 
 
 def plot_qvs(summary: dict[str, Any], path: Any) -> None:
-    """qvs.png: Q, V and S against Delta (negative: past checkpoints, positive: near future) for each measured
-    step, the teacher as a dashed line; and every source on one Q-V plane with lines of equal S."""
+    """qvs.png: Q, V and S against Delta (negative: past checkpoints, positive: near future; the teacher as a
+    dashed line) for each measured step, V and S under the selected estimator (solid) and log_ratio (dotted),
+    and every source on one Q-V plane (V by log_ratio, log scale) with lines of equal S."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.3))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    titles = {"q": "Q: failed prompts the source solves", "v": "V: variance cost (1 + Var w)", "s": "S = Q / V"}
+    panels = [
+        ("q", "Q: failed prompts the source solves", None),
+        ("v", "V (solid: selected; dotted: log_ratio)", "v_log_ratio"),
+        ("s", "S = Q / V (solid: selected; dotted: log_ratio)", "s_log_ratio"),
+    ]
     for i, (step, sources) in enumerate(summary.items()):
         c = colors[i % len(colors)]
         ds = [e for e in sources.values() if e["delta"] is not None]
         x = np.array([e["delta"] for e in ds], dtype=float)
-        for j, m in enumerate(("q", "v", "s")):
+        for j, (m, title, alt) in enumerate(panels):
             ax = axes[j]
-            med = np.array([e[m]["median"] for e in ds], dtype=float)
-            lo = np.array([e[m]["ci95"][0] for e in ds], dtype=float)
-            hi = np.array([e[m]["ci95"][1] for e in ds], dtype=float)
-            for side in (x < 0, x > 0):  # past and future drawn apart: Delta = 0 is pi_t itself
-                ax.plot(x[side], med[side], "o-", color=c)
-                ax.fill_between(x[side], lo[side], hi[side], color=c, alpha=0.15)
+            for key, style in ((m, "o-"), (alt, "o:")):
+                if key is None or key not in ds[0]:
+                    continue
+                med = np.array([e[key]["median"] for e in ds], dtype=float)
+                lo = np.array([e[key]["ci95"][0] for e in ds], dtype=float)
+                hi = np.array([e[key]["ci95"][1] for e in ds], dtype=float)
+                for side in (x < 0, x > 0):  # past and future drawn apart: Delta = 0 is pi_t itself
+                    ax.plot(x[side], med[side], style, color=c, ms=4)
+                    if key == m:
+                        ax.fill_between(x[side], lo[side], hi[side], color=c, alpha=0.12)
+                if "teacher" in sources and key in sources["teacher"]:
+                    ax.axhline(sources["teacher"][key]["median"], color=c, ls="--" if key == m else ":", lw=1)
             if j == 0:
                 ax.plot([], [], "o-", color=c, label=f"step {step}")
-            if "teacher" in sources:
-                ax.axhline(sources["teacher"][m]["median"], color=c, ls="--", lw=1)
-            ax.set_title(titles[m])
-            ax.set_xlabel("Delta (<0: past checkpoint / replay, >0: near future); dashed: teacher")
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("Delta (<0: past / replay, >0: near future); dashed: teacher")
             ax.grid(alpha=0.3)
             ax.axvline(0, color="gray", lw=0.8)
         ax = axes[3]
         for key, e in sources.items():
-            q, v = e["q"]["median"], e["v"]["median"]
+            q = e["q"]["median"]
+            v = e.get("v_log_ratio", e["v"])["median"]
             if q != q or v != v:
                 continue
             kind = "teacher" if key == "teacher" else ("past" if e["delta"] < 0 else "future")
             marker = {"teacher": "*", "past": "s", "future": "o"}[kind]
-            ax.scatter([v], [q], color=c, marker=marker, s=90 if kind == "teacher" else 35)
-            ax.annotate(key, (v, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter([v], [q], color=c, marker=marker, s=120 if kind == "teacher" else 30)
+            if kind != "future" or e["delta"] in (1, 40):
+                ax.annotate(key, (v, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axes[1].set_yscale("log")
     ax = axes[3]
-    vmax = max(ax.get_xlim()[1], 1.05)
-    vs = np.linspace(1.0, vmax, 50)
-    for s_level in (0.1, 0.2, 0.4, 0.6, 0.8):
-        ax.plot(vs, s_level * vs, color="gray", lw=0.6, ls=":")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("V (o: near future, s: past, *: teacher; dotted: equal S)")
+    ax.set_xscale("log")
+    vs = np.geomspace(1.0, max(ax.get_xlim()[1], 2.0), 50)
+    for s_level in (0.05, 0.1, 0.2, 0.4, 0.8):
+        ax.plot(vs, np.minimum(s_level * vs, 1.0), color="gray", lw=0.6, ls=":")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("V, log_ratio (log); o future, s past, * teacher; dotted: equal S")
     ax.set_ylabel("Q")
-    ax.set_title("all sources on one Q-V plane")
+    ax.set_title("all sources on one Q-V plane", fontsize=10)
     ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
     fig.tight_layout()
