@@ -7,15 +7,15 @@ and rollback cost a state-dict copy here (a disk checkpoint in the Qwen3-VL back
 
 from __future__ import annotations
 
-import copy
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from npo_lab.envs.charlm import TinyCharLM
 from npo_lab.envs.config import TinyLMConfig
-from torch import Tensor, nn
+from npo_lab.envs.torch_policy import InMemoryPolicy
+from torch import Tensor
 
 from npo_lab.backend import Checkpoint, clone_state
 from npo_lab.batch import RolloutBatch
@@ -51,7 +51,7 @@ def _no_pad(logits: Tensor) -> Tensor:
     return logits.index_fill(-1, torch.tensor([PAD]), float("-inf"))
 
 
-class ArithmeticBackend:
+class ArithmeticBackend(InMemoryPolicy):
     """Tiny char-LM policy on the arithmetic task, with a deterministic supervised warm start."""
 
     def __init__(self, task: ArithmeticConfig, model: TinyLMConfig, seed: int = 0, warm_start: bool = True) -> None:
@@ -64,7 +64,6 @@ class ArithmeticBackend:
             self.model = TinyCharLM(
                 len(VOCAB), self.prompt_len + self.max_new, model.d_model, model.n_layer, model.n_head
             )
-        self._shadow: TinyCharLM | None = None  # second copy for sampling from a saved checkpoint
         self._train_prompts = torch.tensor([encode(p.prompt) for p in self.train_set])  # (N, P)
         self._eval_prompts = torch.tensor([encode(p.prompt) for p in self.eval_set])  # (N_eval, P)
         self.gen = torch.Generator().manual_seed(seed + 7919)
@@ -111,16 +110,6 @@ class ArithmeticBackend:
         entropy = -(p_all * logp_all.masked_fill(p_all == 0, 0.0)).sum(-1)  # (B, T); 0 * -inf -> 0
         return logp, entropy
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
-
-    def save(self) -> Checkpoint:
-        return {"weights": clone_state(self.model.state_dict()), "rng": self.gen.get_state()}
-
-    def load(self, checkpoint: Checkpoint) -> None:
-        self.model.load_state_dict(checkpoint["weights"])
-        self.gen.set_state(checkpoint["rng"])
-
     # ---- evaluation and helpers ------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy on the held-out split."""
@@ -131,15 +120,6 @@ class ArithmeticBackend:
     def decode_batch(self, batch: RolloutBatch) -> list[str]:
         """The completions of a batch as text (for inspection and notebooks)."""
         return [decode(e["completion"].tolist()) for e in batch.extras]
-
-    def _policy_model(self, policy: Checkpoint | None) -> TinyCharLM:
-        if policy is None:
-            return self.model
-        if self._shadow is None:
-            self._shadow = copy.deepcopy(self.model)
-            self._shadow.requires_grad_(False)
-        self._shadow.load_state_dict(policy["weights"])
-        return self._shadow
 
     @torch.no_grad()
     def _sample(self, net: TinyCharLM, prompts: Tensor, greedy: bool) -> tuple[Tensor, Tensor, Tensor]:

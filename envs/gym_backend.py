@@ -9,8 +9,7 @@ seeds (10**6 + i) and the greedy policy. Episodes are stepped in a batch through
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from npo_lab.envs import gym_envs
 from npo_lab.envs.config import GymConfig
+from npo_lab.envs.torch_policy import InMemoryPolicy
 from torch import Tensor, nn
 
 from npo_lab.backend import Checkpoint, clone_state
@@ -87,7 +87,7 @@ class Policy(nn.Module):
         return self.head(self.body(obs))
 
 
-class GymBackend:
+class GymBackend(InMemoryPolicy):
     """A policy network acting in ``cfg.env``; the five Backend methods plus ``num_prompts``, ``evaluate``,
     and ``teacher()`` (luffy's external teacher)."""
 
@@ -101,7 +101,6 @@ class GymBackend:
         with torch.random.fork_rng():  # the initial weights depend on `seed` only
             torch.manual_seed(seed)
             self.model = Policy(obs_dim, int(self.act_space.n), cfg.hidden, cfg.policy)
-        self._shadow: Policy | None = None
         self.gen = torch.Generator().manual_seed(seed + 7919)
         self._vec: dict[int, gym.vector.SyncVectorEnv] = {}
         self._loose: list[gym.Env] = []
@@ -140,16 +139,6 @@ class GymBackend:
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, T)
         return logp, entropy
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
-
-    def save(self) -> Checkpoint:
-        return {"weights": clone_state(self.model.state_dict()), "rng": self.gen.get_state()}
-
-    def load(self, checkpoint: Checkpoint) -> None:
-        self.model.load_state_dict(checkpoint["weights"])
-        self.gen.set_state(checkpoint["rng"])
-
     # ---- evaluation, teacher, helpers --------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -180,15 +169,6 @@ class GymBackend:
                 )
             _TEACHERS[key] = clone_state(other.model.state_dict())
         return {"weights": _TEACHERS[key], "rng": self.gen.get_state()}
-
-    def _policy_model(self, policy: Checkpoint | None) -> Policy:
-        if policy is None:
-            return self.model
-        if self._shadow is None:
-            self._shadow = copy.deepcopy(self.model)
-            self._shadow.requires_grad_(False)
-        self._shadow.load_state_dict(policy["weights"])
-        return self._shadow
 
     def _vector(self, n: int) -> gym.vector.SyncVectorEnv:
         if n not in self._vec:
