@@ -87,7 +87,8 @@ class ArithmeticBackend(InMemoryPolicy):
             ]
         )
         lengths = mask.sum(-1).long().tolist()
-        extras = [{"pid": p, "completion": c[:n_tok]} for p, c, n_tok in zip(pids.tolist(), comps, lengths)]
+        # copies, not views: a replay pool that keeps one row must not keep the whole batch alive
+        extras = [{"pid": p, "completion": c[:n_tok].clone()} for p, c, n_tok in zip(pids.tolist(), comps, lengths)]
         return RolloutBatch.from_rows(
             behavior_logprobs=logp, mask=mask, rewards=rewards, group_ids=pids, extras=extras
         )

@@ -26,23 +26,40 @@ from npo_lab.batch import RolloutBatch
 EVAL_SEED_OFFSET = 10**6
 
 
+SUPPORTED = (
+    "a registered id with a time limit (max_episode_steps), a Discrete action space, a Box or Discrete "
+    "observation space, and info['success'] (wrap other environments in npo_lab.envs.gym_envs.VerifiableSuccess "
+    "and register them; 'module:id' imports the module first)"
+)
+
+
 def make_env(env_id: str) -> gym.Env:
-    """``gym.make(env_id)`` with errors that list what is supported."""
+    """``gym.make(env_id)`` for a verifiable-success task, with errors that list what is supported."""
     gym_envs.register_envs()
-    if env_id not in gym.registry:
-        ours = ", ".join(gym_envs.ENV_IDS)
-        raise ValueError(
-            f"env: unknown environment id {env_id!r}; npo_lab's ids: {ours} (or any registered "
-            "gymnasium id with a Discrete action space)"
-        )
-    env = gym.make(env_id)
+    ours = ", ".join(gym_envs.ENV_IDS)
+    name = env_id.split(":", 1)[1] if ":" in env_id else env_id
+    try:
+        if ":" in env_id:  # gymnasium's 'module:id' form: the module registers the id when imported
+            import importlib
+
+            importlib.import_module(env_id.split(":", 1)[0])
+        if name not in gym.registry:
+            raise ValueError(f"env: unknown environment id {env_id!r}; npo_lab's ids: {ours}; or {SUPPORTED}")
+        if gym.registry[name].max_episode_steps is None:
+            raise ValueError(f"env: {env_id} has no time limit in its registration; supported: {SUPPORTED}")
+        env = gym.make(name)
+    except (gym.error.Error, ImportError) as e:  # e.g. a missing optional dependency of the environment
+        raise ValueError(f"env: {env_id} cannot be made: {e}") from e
+    problem = None
     if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise ValueError(
-            f"env: {env_id} has action space {env.action_space}; the gym backend supports Discrete action "
-            f"spaces only (npo_lab's ids: {', '.join(gym_envs.ENV_IDS)})"
-        )
-    if not isinstance(env.observation_space, gym.spaces.Box | gym.spaces.Discrete):
-        raise ValueError(f"env: {env_id} has observation space {env.observation_space}; supported: Box, Discrete")
+        problem = f"action space {env.action_space}"
+    elif not isinstance(env.observation_space, gym.spaces.Box | gym.spaces.Discrete):
+        problem = f"observation space {env.observation_space}"
+    elif "success" not in env.reset(seed=0)[1]:
+        problem = "no info['success'] (its reward is not a verifiable success)"
+    if problem is not None:
+        env.close()
+        raise ValueError(f"env: {env_id} has {problem}; the gym backend supports {SUPPORTED}; npo_lab's ids: {ours}")
     return env
 
 
@@ -114,8 +131,9 @@ class GymBackend(InMemoryPolicy):
         seeds = [int(p) for p in prompt_ids for _ in range(n)]  # G rows per prompt, grouped
         obs, actions, logp, mask, rewards = self._episodes(self._policy_model(policy), seeds, greedy=False)
         lengths = mask.sum(-1).long().tolist()
-        extras = [
-            {"seed": s, "obs": obs[i, : lengths[i]], "actions": actions[i, : lengths[i]]} for i, s in enumerate(seeds)
+        extras = [  # copies, not views: a replay pool that keeps one row must not keep the whole batch alive
+            {"seed": s, "obs": obs[i, : lengths[i]].clone(), "actions": actions[i, : lengths[i]].clone()}
+            for i, s in enumerate(seeds)
         ]
         return RolloutBatch.from_rows(
             behavior_logprobs=logp,
@@ -149,9 +167,10 @@ class GymBackend(InMemoryPolicy):
 
     def teacher(self) -> Checkpoint:
         """luffy's external teacher: a policy of another seed (``gym.teacher_seed``) trained by plain GRPO for
-        ``gym.teacher_steps`` steps with the default GRPO settings: a strong policy whose behaviour differs
-        from the student's. Built once per process and configuration."""
-        key = repr((self.env_id, self.cfg))
+        ``gym.teacher_steps`` steps (default GRPO settings, Adam lr 3e-3): a trained policy whose behaviour
+        differs from the student's. Built once per process, environment and policy shape."""
+        c = self.cfg
+        key = repr((self.env_id, c.policy, c.hidden, c.n_train, c.temperature, c.teacher_steps, c.teacher_seed))
         if key not in _TEACHERS:
             from npo_lab.config import GRPOConfig, RunConfig
             from npo_lab.trainer import make_state, train
@@ -171,7 +190,10 @@ class GymBackend(InMemoryPolicy):
         return {"weights": _TEACHERS[key], "rng": self.gen.get_state()}
 
     def _vector(self, n: int) -> gym.vector.SyncVectorEnv:
+        """A vector env of n sub-environments; the few most recent sizes are kept (guide batches vary)."""
         if n not in self._vec:
+            if len(self._vec) >= 4:
+                self._vec.pop(next(iter(self._vec))).close()
             self._vec[n] = gym.vector.SyncVectorEnv([lambda: make_env(self.env_id) for _ in range(n)])
         return self._vec[n]
 
@@ -183,7 +205,7 @@ class GymBackend(InMemoryPolicy):
     @torch.no_grad()
     def _episodes(self, net: Policy, seeds: list[int], greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Run one episode per seed to its end. Returns obs (B, T, D), actions (B, T), sampling log-probs
-        (B, T), mask (B, T) and rewards (B,) (the episode's summed reward: 1.0 on success)."""
+        (B, T), mask (B, T) and rewards (B,): 1.0 if the episode reported ``info["success"]``, else 0.0."""
         b = len(seeds)
         if self.cfg.vector:
             vec = self._vector(b)
@@ -192,7 +214,7 @@ class GymBackend(InMemoryPolicy):
             envs = self._single_envs(b)
             raw = np.stack([np.asarray(env.reset(seed=s)[0]) for env, s in zip(envs, seeds)])
         alive = torch.ones(b, dtype=torch.bool)
-        rewards = torch.zeros(b)
+        success = np.zeros(b, bool)
         h = None
         obs_l, act_l, lp_l, mask_l = [], [], [], []
         while bool(alive.any()):
@@ -211,22 +233,23 @@ class GymBackend(InMemoryPolicy):
             if self.cfg.vector:
                 # a finished sub-environment is reset by the next step (gymnasium's next-step autoreset): its
                 # outputs are masked out here
-                raw, r, term, trunc, _ = vec.step(acts)
+                raw, _, term, trunc, infos = vec.step(acts)
+                ok = np.asarray(infos.get("success", np.zeros(b, bool)), bool) & infos.get("_success", True)
             else:
-                r, term, trunc = np.zeros(b), np.ones(b, bool), np.zeros(b, bool)
+                ok, term, trunc = np.zeros(b, bool), np.ones(b, bool), np.zeros(b, bool)
                 new = np.array(raw, copy=True)
                 for i in torch.nonzero(alive).squeeze(-1).tolist():
-                    o, r[i], term[i], trunc[i], _ = envs[i].step(int(acts[i]))
-                    new[i] = o
+                    o, _, term[i], trunc[i], info = envs[i].step(int(acts[i]))
+                    new[i], ok[i] = o, bool(info.get("success", False))
                 raw = new
-            rewards += torch.as_tensor(np.asarray(r, dtype=np.float32)) * alive.float()
+            success |= ok & alive.numpy()
             alive = alive & ~torch.as_tensor(np.logical_or(term, trunc))
         return (
             torch.stack(obs_l, 1),
             torch.stack(act_l, 1),
             torch.stack(lp_l, 1),
             torch.stack(mask_l, 1),
-            rewards.clamp(0.0, 1.0),
+            torch.as_tensor(success, dtype=torch.float32),
         )
 
 

@@ -51,7 +51,8 @@ class ExperimentConfig(RunConfig):
     environment: env and gym.*)."""
     env: str = "npo_lab/Chain-v0"
     """backend=gym: the environment id (npo_lab/Chain-v0, npo_lab/ChainEasy-v0, npo_lab/KeyDoor-v0,
-    npo_lab/FrozenLake-v0, npo_lab/CartPoleBalance-v0, or any gymnasium id with a Discrete action space)."""
+    npo_lab/FrozenLake-v0, npo_lab/CartPoleBalance-v0, or 'module:id' of a registered success task: time limit,
+    Discrete actions, info['success']; see docs/gym.md)."""
     task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     model: TinyLMConfig = field(default_factory=TinyLMConfig)
     gym: GymConfig = field(default_factory=GymConfig)
@@ -74,7 +75,7 @@ class ExperimentConfig(RunConfig):
 
 @dataclass
 class CompareCommand(ExperimentConfig):
-    """Compare methods on the built-in verifiable arithmetic task over several seeds."""
+    """Compare methods over several seeds, on the built-in arithmetic task or (--backend gym) an environment."""
 
     steps: int = 400
     """Training steps per run (look-ahead steps are extra and reported separately)."""

@@ -104,14 +104,15 @@ def test_gym_backend_errors_list_what_is_supported(tmp_path):
     assert r.returncode == 2 and "unknown environment id 'npo_lab/Nope-v0'" in r.stderr
     assert "npo_lab/Chain-v0" in r.stderr and "npo_lab/KeyDoor-v0" in r.stderr
     r = cli("train", "--backend", "gym", "--env", "Pendulum-v1", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "Discrete action spaces only" in r.stderr
+    assert r.returncode == 2 and "Pendulum-v1 has action space Box" in r.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_compare_and_train_on_the_gym_backend(tmp_path):
     gym_args = ["--backend", "gym", "--env", "npo_lab/ChainEasy-v0", "--gym.hidden", "16", "--gym.n-train", "32"]
     gym_args += ["--grpo.batch-size", "16", "--grpo.group-size", "4", "--npo.delta", "2", "--npo.interventions", "0"]
-    r = cli(
+    six = ["--gym.teacher-steps", "3", "--autonpo.candidates", "1", "2", "--autonpo.bootstrap-floor", "1.0"]
+    r = cli(  # all six methods (the default list) on the gym backend
         "compare",
         "--steps",
         "4",
@@ -123,15 +124,15 @@ def test_compare_and_train_on_the_gym_backend(tmp_path):
         "1",
         "--bootstrap",
         "200",
-        "--methods",
-        "grpo,npo",
         "--out",
         str(tmp_path / "cmp"),
         *gym_args,
+        *six,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert set(doc["methods"]) == {"grpo", "npo"} and doc["methods"]["npo"]["lookahead_steps"] == 2
+    assert list(doc["methods"]) == ["grpo", "npo", "autonpo", "luffy", "exgrpo", "rlep"]
+    assert doc["methods"]["npo"]["lookahead_steps"] == 2 and doc["methods"]["autonpo"]["per_seed"][0]["interventions"]
     saved = json.loads((tmp_path / "cmp" / "config.json").read_text())
     assert saved["backend"] == "gym" and saved["env"] == "npo_lab/ChainEasy-v0"
     r = cli(

@@ -157,7 +157,12 @@ def test_npo_runs_unchanged_on_the_gym_backend():
 def test_bad_environment_ids_and_action_spaces_are_named():
     with pytest.raises(ValueError, match="unknown environment id 'npo_lab/Nope-v0'.*npo_lab/Chain-v0"):
         make_env("npo_lab/Nope-v0")
-    with pytest.raises(ValueError, match="Discrete action spaces only"):
+    with pytest.raises(ValueError, match="Pendulum-v1 has action space Box.*Discrete action space.*npo_lab/Chain-v0"):
         make_env("Pendulum-v1")
+    with pytest.raises(ValueError, match="CartPole-v1 has no info\\['success'\\].*VerifiableSuccess"):
+        make_env("CartPole-v1")  # its reward is not a verifiable success
+    with pytest.raises(ValueError, match="CliffWalking-v1 has no time limit"):
+        make_env("CliffWalking-v1")  # an episode could run forever
+    assert make_env("npo_lab.envs.gym_envs:npo_lab/ChainEasy-v0").spec.id == "npo_lab/ChainEasy-v0"
     with pytest.raises(ValueError, match="gym.policy"):
         GymConfig(policy="transformer")  # type: ignore[arg-type]
