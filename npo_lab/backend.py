@@ -4,6 +4,10 @@ A backend owns a policy and everything needed to sample from it (tokenizer, envi
 generation engine). It never owns the loss: the trainer calls :func:`npo_lab.core.losses.policy_loss`.
 A *prompt id* is whatever indexes the backend's training prompts: a task index (arithmetic), a reset
 seed (gym), a dataset row (Qwen3-VL). Rows that share a prompt id form a GRPO group.
+
+One optional capability outside the protocol: ``teacher() -> Checkpoint``, an external teacher the backend can
+sample from with ``rollout(..., policy=teacher)``; only the ``luffy`` method needs it, and ``npo-lab compare``
+names the backend when it is missing.
 """
 
 from __future__ import annotations
