@@ -111,7 +111,8 @@ class GymBackend(InMemoryPolicy):
     def __init__(self, env_id: str, cfg: GymConfig | None = None, seed: int = 0) -> None:
         cfg = cfg or GymConfig()
         self.env_id, self.cfg, self.seed = env_id, cfg, seed
-        probe = make_env(env_id)
+        probe = make_env(env_id)  # checked once here; the batch's environments are made without the checks
+        self._registered_id = probe.spec.id
         self.obs_space, self.act_space = probe.observation_space, probe.action_space
         probe.close()
         obs_dim = obs_features(self.obs_space, np.asarray([self.obs_space.sample()])).shape[1]
@@ -194,12 +195,12 @@ class GymBackend(InMemoryPolicy):
         if n not in self._vec:
             if len(self._vec) >= 4:
                 self._vec.pop(next(iter(self._vec))).close()
-            self._vec[n] = gym.vector.SyncVectorEnv([lambda: make_env(self.env_id) for _ in range(n)])
+            self._vec[n] = gym.vector.SyncVectorEnv([lambda: gym.make(self._registered_id) for _ in range(n)])
         return self._vec[n]
 
     def _single_envs(self, n: int) -> list[gym.Env]:
         while len(self._loose) < n:
-            self._loose.append(make_env(self.env_id))
+            self._loose.append(gym.make(self._registered_id))
         return self._loose[:n]
 
     @torch.no_grad()

@@ -46,6 +46,24 @@ def guide_gate(group_acc: Tensor, threshold: float = 0.6) -> Tensor:
     return group_acc < threshold
 
 
+def _pool(
+    on_policy: RolloutBatch, guides: RolloutBatch, correct_threshold: float
+) -> tuple[RolloutBatch, dict[int, list[int]], dict[int, list[int]]]:
+    """On-policy rows followed by guide rows (marked ``is_guide``), the on-policy row indices of each group, and
+    the indices (into the combined batch) of each group's verified-correct guide rows."""
+    n_on = on_policy.size
+    guides = guides.replace(is_guide=torch.ones(guides.size, dtype=torch.bool, device=guides.is_guide.device))
+    combined = RolloutBatch.cat([on_policy, guides])
+    rows_of: dict[int, list[int]] = {}
+    for i, g in enumerate(on_policy.group_ids.tolist()):
+        rows_of.setdefault(g, []).append(i)
+    correct: dict[int, list[int]] = {}
+    for j, (g, r) in enumerate(zip(guides.group_ids.tolist(), guides.rewards.tolist())):
+        if r > correct_threshold:
+            correct.setdefault(g, []).append(n_on + j)
+    return combined, rows_of, correct
+
+
 def merge_guides(
     on_policy: RolloutBatch,
     guides: RolloutBatch,
@@ -74,18 +92,7 @@ def merge_guides(
     if k < 1:
         raise ValueError(f"k (guide slots per group) must be >= 1, got {k}")
     n_on = on_policy.size
-    guides = guides.replace(is_guide=torch.ones(guides.size, dtype=torch.bool, device=guides.is_guide.device))
-    combined = RolloutBatch.cat([on_policy, guides])
-
-    correct_guides: dict[int, list[int]] = {}
-    for j, (g, r) in enumerate(zip(guides.group_ids.tolist(), guides.rewards.tolist())):
-        if r > correct_threshold:
-            correct_guides.setdefault(g, []).append(n_on + j)
-
-    rows_of: dict[int, list[int]] = {}
-    for i, g in enumerate(on_policy.group_ids.tolist()):
-        rows_of.setdefault(g, []).append(i)
-
+    combined, rows_of, correct_guides = _pool(on_policy, guides, correct_threshold)
     gated_set = set(int(g) for g in gated)
     index = list(range(n_on))
     injected = 0
@@ -151,16 +158,7 @@ def append_guides(
     """
     if k < 1:
         raise ValueError(f"k (appended rows per group) must be >= 1, got {k}")
-    n_on = on_policy.size
-    guides = guides.replace(is_guide=torch.ones(guides.size, dtype=torch.bool, device=guides.is_guide.device))
-    combined = RolloutBatch.cat([on_policy, guides])
-    correct: dict[int, list[int]] = {}
-    for j, (g, r) in enumerate(zip(guides.group_ids.tolist(), guides.rewards.tolist())):
-        if r > correct_threshold:
-            correct.setdefault(g, []).append(n_on + j)
-    rows_of: dict[int, list[int]] = {}
-    for i, g in enumerate(on_policy.group_ids.tolist()):
-        rows_of.setdefault(g, []).append(i)
+    combined, rows_of, correct = _pool(on_policy, guides, correct_threshold)
     wanted = set(int(t) for t in targets)
     index: list[int] = []
     added = 0
