@@ -15,16 +15,24 @@ from npo_lab.utils import capture_rng
 FORMAT = "npo_lab-checkpoint-v1"
 
 
-def save_training_checkpoint(path: str | Path, state: Any, extra: dict[str, Any] | None = None) -> Path:
+def save_training_checkpoint(
+    path: str | Path, state: Any, extra: dict[str, Any] | None = None, policy: Any = None
+) -> Path:
     """Write weights (+ backend RNG), optimizer, global RNGs, data cursor and step to ``path`` atomically.
 
-    The previous file at ``path`` stays intact until the new one is complete on disk."""
+    ``policy`` is ``state.backend.save()`` when not given. A checkpoint that lives in a folder of its own (the
+    Qwen3-VL backend's ``save_pretrained`` folders) offers ``persist(dest)``: it is copied beside ``path`` as
+    ``<name>.policy/`` and the file records where. The previous file at ``path`` stays intact until the new one
+    is complete on disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    policy = state.backend.save() if policy is None else policy
+    if hasattr(policy, "persist"):
+        policy = policy.persist(path.with_name(path.stem + ".policy"))
     doc = {
         "format": FORMAT,
         "step": state.step,
-        "policy": state.backend.save(),
+        "policy": policy,
         "optimizer": state.optimizer.state_dict(),
         "rng": capture_rng(),
         "sampler": state.sampler.state_dict(),

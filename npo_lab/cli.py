@@ -39,6 +39,7 @@ from npo_lab.config import (
     parse_method,
 )
 from npo_lab.envs.config import GymConfig, TinyLMConfig
+from npo_lab.llm.config import LLMConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
 
@@ -46,9 +47,12 @@ from npo_lab.tasks.arithmetic import ArithmeticConfig
 class ExperimentConfig(RunConfig):
     """A run's length and outputs, plus the task, the policy, the GRPO step and every method's settings."""
 
-    backend: Literal["arith", "gym"] = "arith"
-    """Which backend runs the policy: arith (the built-in arithmetic task: task.* and model.*) or gym (a gymnasium
-    environment: env and gym.*)."""
+    backend: Literal["arith", "gym", "qwen-vl"] = "arith"
+    """Which backend runs the policy: arith (the built-in arithmetic task: task.* and model.*), gym (a gymnasium
+    environment: env and gym.*) or qwen-vl (a Qwen3-VL model on image+text RLVR data: llm.*, e.g.
+    --llm.model Qwen/Qwen3-VL-8B-Instruct; needs the [llm] extra)."""
+    dry_run: bool = False
+    """Print the effective batch arithmetic (and, for qwen-vl, a per-GPU memory estimate) and exit."""
     env: str = "npo_lab/Chain-v0"
     """backend=gym: the environment id (npo_lab/Chain-v0, npo_lab/ChainEasy-v0, npo_lab/KeyDoor-v0,
     npo_lab/FrozenLake-v0, npo_lab/CartPoleBalance-v0, or 'module:id' of a registered success task: time limit,
@@ -56,6 +60,7 @@ class ExperimentConfig(RunConfig):
     task: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     model: TinyLMConfig = field(default_factory=TinyLMConfig)
     gym: GymConfig = field(default_factory=GymConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     npo: NPOConfig = field(default_factory=NPOConfig)
     autonpo: AutoNPOConfig = field(default_factory=AutoNPOConfig)
@@ -319,6 +324,10 @@ def backend_factory(cfg: ExperimentConfig) -> Any:
         from npo_lab.envs.gym_backend import make_gym_backend
 
         return functools.partial(make_gym_backend, cfg.env, cfg.gym)
+    if cfg.backend == "qwen-vl":
+        from npo_lab.llm.backend import make_qwen_vl_backend
+
+        return functools.partial(make_qwen_vl_backend, cfg.llm)
     from npo_lab.envs.arithmetic import make_arithmetic_backend
 
     return functools.partial(make_arithmetic_backend, cfg.task, cfg.model)
@@ -330,11 +339,43 @@ def check_backend(cfg: ExperimentConfig) -> None:
         from npo_lab.envs.gym_backend import make_env
 
         make_env(cfg.env).close()
+    if cfg.backend == "qwen-vl" and not cfg.dry_run:
+        try:
+            import transformers  # noqa: F401
+        except ImportError as e:
+            raise ValueError("--backend qwen-vl needs the [llm] extra: pip install -e '.[llm]'") from e
+        methods = cfg.method_list if isinstance(cfg, CompareCommand) else [getattr(cfg, "method", "grpo")]
+        if any(m.split(":")[0] == "luffy" for m in methods) and not cfg.llm.teacher:
+            raise ValueError("method luffy on --backend qwen-vl needs --llm.teacher <hub id or folder>")
+        data = cfg.llm.data.dataset
+        if data.endswith(".jsonl") and not Path(data).is_file():
+            raise ValueError(f"llm.data.dataset: {data} does not exist")
 
 
 def run_label(cfg: ExperimentConfig) -> str:
     """The task part of a run folder's name: ``arith`` or the environment id (``npo_lab-Chain-v0``)."""
+    if cfg.backend == "qwen-vl":
+        return "qwen-vl-" + Path(cfg.llm.model.rstrip("/")).name
     return cfg.task.name if cfg.backend == "arith" else cfg.env.replace("/", "-")
+
+
+def dry_run(cfg: ExperimentConfig) -> str:
+    """The report ``--dry-run`` prints: batch arithmetic (and, for qwen-vl, a memory estimate)."""
+    import os
+
+    method = cfg.method_list[0] if isinstance(cfg, CompareCommand) else getattr(cfg, "method", "grpo")
+    method = method.split(":")[0]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.backend == "qwen-vl":
+        from npo_lab.llm.plan import plan
+
+        return plan(cfg.llm, cfg.grpo, method, world)
+    g = cfg.grpo
+    return (
+        f"# dry run: backend {cfg.backend}, method {method}\n\n"
+        f"prompts per step x G = {g.prompts_per_step} x {g.group_size} = {g.batch_size} rows; "
+        f"{g.epochs * g.batch_size // (g.minibatch_size or g.batch_size)} optimizer step(s) per batch"
+    )
 
 
 def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
@@ -378,24 +419,32 @@ def run_train(cfg: TrainCommand) -> Any:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    import os
+
+    # under torchrun / accelerate launch every rank trains; rank 0 alone writes the run folder
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     label = cfg.method.replace(":", "_").replace("=", "-")
     run_dir = Path(cfg.out) / f"{run_label(cfg)}__{label}__{cfg.seed}__{int(time.time())}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    print(f"run folder: {run_dir}")
-    print("| parameter | value |\n|---|---|")
-    for k, v in _flatten(to_dict(cfg)).items():
-        print(f"| {k} | {v} |")
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        print(f"run folder: {run_dir}")
+        print("| parameter | value |\n|---|---|")
+        for k, v in _flatten(to_dict(cfg)).items():
+            print(f"| {k} | {v} |")
     seed_everything(cfg.seed)
     backend = backend_factory(cfg)(cfg.seed)
     state = make_state(backend, cfg.grpo, cfg.seed)
-    loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
-    if cfg.tensorboard:
+    loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")] if main_rank else []
+    if cfg.tensorboard and main_rank:
         loggers.append(TensorBoardLogger(run_dir))
     logger = MultiLogger(*loggers)
 
     def save(st: Any) -> None:
-        p = save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st)
+        policy = st.backend.save()  # collective on a sharded model: every rank takes part
+        if not main_rank:
+            return
+        p = save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st, policy=policy)
         (run_dir / "checkpoints" / "latest").write_text(p.name + "\n")
 
     method, cfgs = parse_method(cfg.method, cfg.method_configs)
@@ -405,10 +454,10 @@ def run_train(cfg: TrainCommand) -> Any:
     if method == "rlep":
         previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps)
     source = make_source(method, cfgs, cfg.steps, grpo=cfg.grpo, teacher=teacher, previous=previous, seed=cfg.seed)
-    events = EventLog(run_dir)
+    events = EventLog(run_dir) if main_rank else None
     from tqdm import tqdm
 
-    with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step") as bar:
+    with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step", disable=not main_rank) as bar:
         res = train(
             state,
             source,
@@ -420,8 +469,13 @@ def run_train(cfg: TrainCommand) -> Any:
             save_checkpoint=save,
             events=events,
         )
-    events.close()
+    if hasattr(backend, "close"):
+        backend.close()
     logger.close()
+    if not main_rank:
+        return res
+    assert events is not None
+    events.close()
     (run_dir / "result.json").write_text(json.dumps(dataclasses.asdict(res), indent=2) + "\n")
     print(
         f"final accuracy {res.final_accuracy:.3f} after {cfg.steps} steps (+{res.lookahead_steps} look-ahead), "
@@ -553,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:  # config validation: stop before any work, naming the field
         print(f"npo-lab {command}: error: {e}", file=sys.stderr)
         return 2
+    if cfg.dry_run:
+        print(dry_run(cfg))
+        return 0
     # a terminated run (SIGTERM) unwinds like Ctrl-C, so worker processes are stopped and files closed
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -50,6 +50,9 @@ class GRPOConfig:
     """G, rollouts per prompt; one GRPO group. [assumption: the LUFFY/ExGRPO convention of 8]"""
     minibatch_size: int = 0
     """Rows per optimiser step; 0 means the whole batch (one update per batch, ratio exactly 1)."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward pass inside a minibatch (gradient accumulation, exact for every aggregation);
+    0 = the whole minibatch at once. Per rank under data parallelism."""
     epochs: int = 1
     """Passes over each batch (PPO epochs). 1 keeps GRPO on-policy. [assumption]"""
     lr: float = 3e-4
@@ -92,6 +95,7 @@ class GRPOConfig:
             self.minibatch_size,
             f"0 or a divisor of grpo.batch_size={self.batch_size}",
         )
+        _check(self.micro_batch_size >= 0, "grpo.micro_batch_size", self.micro_batch_size, ">= 0")
         _check(self.epochs >= 1, "grpo.epochs", self.epochs, ">= 1")
         _check(self.lr > 0, "grpo.lr", self.lr, "> 0")
         _check(self.max_grad_norm >= 0, "grpo.max_grad_norm", self.max_grad_norm, ">= 0")

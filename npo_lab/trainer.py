@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from npo_lab.backend import Backend, Checkpoint
+from npo_lab.batch import RolloutBatch
 from npo_lab.config import GRPOConfig, RunConfig
 from npo_lab.core.advantages import group_advantages
 from npo_lab.core.guidance import append_guides, merge_guides
@@ -81,6 +82,9 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
             elif plan is not None:  # guidance is on, but no group needed it this step
                 m.update(dict.fromkeys(GUIDE_METRICS, 0.0))
 
+    batch_metrics = getattr(backend, "batch_metrics", None)  # optional: per-reward, on-policy vs guide rows
+    if batch_metrics is not None:
+        m.update(batch_metrics(b))
     with timed(m, "logprobs"), torch.no_grad():
         # the ratio anchor is recomputed with the training forward path, guide rows included
         old, old_entropy = backend.logprobs(b)
@@ -93,46 +97,26 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     mb_size = grpo.minibatch_size or grpo.batch_size
     # sum_norm's constant C defaults to the padded length of the whole batch, the same for every minibatch
     norm_constant = grpo.norm_constant or float(b.mask.shape[1])
+    loss_kw = dict(
+        clip_eps_low=grpo.clip_eps_low,
+        clip_eps_high=grpo.clip_eps_high,
+        aggregation=grpo.aggregation,
+        norm_constant=norm_constant,
+        kl_coef=grpo.kl_coef,
+        kl_estimator=grpo.kl_estimator,
+        entropy_coef=grpo.entropy_coef,
+        **guide_kw,
+    )
     lms: list[dict[str, float]] = []
     with timed(m, "update"):
         for _epoch in range(grpo.epochs):
             perm = torch.randperm(b.size) if mb_size < b.size else torch.arange(b.size)
             for start in range(0, b.size, mb_size):
-                mb_idx = perm[start : start + mb_size]
-                mb = b.select(mb_idx)
-                mb_logp, mb_ent = backend.logprobs(mb)  # (mb, T), differentiable
-                loss, lm = policy_loss(
-                    mb_logp,
-                    mb.old_logprobs,
-                    advantages[mb_idx],
-                    mb.mask,
-                    is_guide=mb.is_guide,
-                    behavior_logprobs=mb.behavior_logprobs,
-                    clip_eps_low=grpo.clip_eps_low,
-                    clip_eps_high=grpo.clip_eps_high,
-                    aggregation=grpo.aggregation,
-                    norm_constant=norm_constant,
-                    ref_logprobs=mb.ref_logprobs,
-                    kl_coef=grpo.kl_coef,
-                    kl_estimator=grpo.kl_estimator,
-                    entropy=mb_ent,
-                    entropy_coef=grpo.entropy_coef,
-                    **guide_kw,
-                )
-                if not math.isfinite(lm["loss/total"]):
-                    raise NonFiniteError(f"step {state.step}: loss/total is {lm['loss/total']} (non-finite)")
-                state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in state.optimizer.param_groups for p in g["params"]]
-                gn = torch.nn.utils.clip_grad_norm_(params, grpo.max_grad_norm or float("inf"))
-                if not torch.isfinite(gn):
-                    raise NonFiniteError(f"step {state.step}: policy/grad_norm is {gn.item()} (non-finite)")
-                state.optimizer.step()
-                lm["policy/grad_norm"] = gn.item()
+                lm = update_minibatch(state, b, advantages, perm[start : start + mb_size], grpo, loss_kw)
                 lms.append(lm)
 
     # loss/ and policy/ metrics: mean over every minibatch of every epoch (as verl and TRL report them)
-    for k in {k for d in lms for k in d}:
+    for k in sorted({k for d in lms for k in d}):
         vals = [d[k] for d in lms if k in d]
         m[k] = sum(vals) / len(vals)
     if b.is_guide.any():
@@ -142,6 +126,88 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     if source is not None:
         source.after_step(state, b, old_entropy, m, rollout)
     return m
+
+
+def _normalizer(mask: torch.Tensor, aggregation: str) -> float:
+    """What a loss aggregation divides by, up to a constant: tokens (token_mean) or rows (seq_mean, sum_norm)."""
+    return float(mask.sum().item()) if aggregation == "token_mean" else float(mask.shape[0])
+
+
+def update_minibatch(
+    state: TrainState,
+    b: RolloutBatch,
+    advantages: torch.Tensor,
+    mb_idx: torch.Tensor,
+    grpo: GRPOConfig,
+    loss_kw: dict[str, Any],
+) -> dict[str, float]:
+    """One optimiser step on rows ``mb_idx`` of ``b``, in micro-batches of ``grpo.micro_batch_size`` rows.
+
+    Gradient accumulation is exact: every aggregation is a sum over rows divided by tokens (token_mean) or rows
+    (seq_mean, sum_norm), so a micro-batch's loss weighted by its share of the minibatch's normaliser sums to
+    the minibatch's loss. A data-parallel backend (optional ``world_size`` and ``rank`` attributes, e.g. FSDP2)
+    gets rows ``rank::world_size`` of the minibatch and its loss is scaled by ``world_size``, because the
+    gradients are averaged over ranks; every rank runs the same number of micro-batches (a rank whose share is
+    used up runs a zero-weight pass), as sharded models need."""
+    backend = state.backend
+    world, rank = int(getattr(backend, "world_size", 1)), int(getattr(backend, "rank", 0))
+    mb_mask = b.mask[mb_idx]
+    total_norm = _normalizer(mb_mask, grpo.aggregation)
+    local = mb_idx[rank::world]
+    micro = grpo.micro_batch_size or len(mb_idx)
+    n_micro = math.ceil(math.ceil(len(mb_idx) / world) / micro)  # the same on every rank
+    state.optimizer.zero_grad(set_to_none=True)
+    parts: list[tuple[float, dict[str, float]]] = []
+    for j in range(n_micro):
+        idx = local[j * micro : (j + 1) * micro]
+        weight = 1.0
+        if len(idx) == 0:  # this rank's share is used up: a zero-weight pass keeps the ranks in step
+            idx, weight = mb_idx[:1], 0.0
+        mb = b.select(idx)
+        logp, ent = backend.logprobs(mb)  # (mb, T), differentiable
+        loss, lm = policy_loss(
+            logp,
+            mb.old_logprobs,
+            advantages[idx],
+            mb.mask,
+            is_guide=mb.is_guide,
+            behavior_logprobs=mb.behavior_logprobs,
+            ref_logprobs=mb.ref_logprobs,
+            entropy=ent,
+            **loss_kw,
+        )
+        if not math.isfinite(lm["loss/total"]) and weight:
+            raise NonFiniteError(f"step {state.step}: loss/total is {lm['loss/total']} (non-finite)")
+        share = weight * _normalizer(mb.mask, grpo.aggregation) / max(total_norm, 1e-12)
+        (loss * (share * world)).backward()
+        if weight:
+            parts.append((share, lm))
+    params = [p for g in state.optimizer.param_groups for p in g["params"]]
+    gn = torch.nn.utils.clip_grad_norm_(params, grpo.max_grad_norm or float("inf"))
+    if hasattr(gn, "full_tensor"):  # sharded parameters (FSDP2): the norm is a DTensor
+        gn = gn.full_tensor()
+    if not torch.isfinite(gn):
+        raise NonFiniteError(f"step {state.step}: policy/grad_norm is {gn.item()} (non-finite)")
+    state.optimizer.step()
+    # metrics: the micro-batches' values weighted by their share of the minibatch (exact for the losses)
+    lm = {}
+    for k in sorted({k for _, d in parts for k in d}):
+        ws = [(w, d[k]) for w, d in parts if k in d]
+        lm[k] = sum(w * v for w, v in ws) / max(sum(w for w, _ in ws), 1e-12)
+    if world > 1:
+        lm = _mean_over_ranks(lm, world)
+    lm["policy/grad_norm"] = gn.item()
+    return lm
+
+
+def _mean_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """Average metrics over data-parallel ranks (a key missing on a rank is averaged over the ranks that have it)."""
+    import torch.distributed as dist
+
+    gathered: list[dict[str, float] | None] = [None] * world
+    dist.all_gather_object(gathered, metrics)
+    keys = sorted({k for d in gathered if d for k in d})
+    return {k: sum(d[k] for d in gathered if d and k in d) / sum(1 for d in gathered if d and k in d) for k in keys}
 
 
 @dataclass

@@ -59,6 +59,29 @@ def test_cli_module_stays_light():
     assert "torch" not in mods and "npo_lab.envs.arithmetic" not in mods and "npo_lab.envs.gym_backend" not in mods
 
 
+@pytest.mark.llm
+def test_llm_never_imports_envs_or_gymnasium():
+    mods = loaded_after_import(
+        [
+            "npo_lab.llm.config",
+            "npo_lab.llm.model",
+            "npo_lab.llm.data",
+            "npo_lab.llm.synthetic",
+            "npo_lab.llm.rewards",
+            "npo_lab.llm.dist",
+            "npo_lab.llm.backend",
+            "npo_lab.llm.plan",
+        ]
+    )
+    assert not {m for m in mods if m.startswith("npo_lab.envs") or m.split(".")[0] in ("gymnasium", "gym")}
+
+
+def test_llm_config_is_standard_library_only():
+    """The CLI builds --help from npo_lab.llm.config: it must not pull torch or transformers."""
+    mods = loaded_after_import(["npo_lab.llm.config"])
+    assert not heavy(mods) and "torch" not in mods
+
+
 def test_envs_never_import_llm_or_transformers():
     mods = loaded_after_import(
         [
@@ -77,6 +100,7 @@ def test_envs_never_import_llm_or_transformers():
     [
         ("npo_lab", ("gymnasium", "transformers", "npo_lab.envs", "npo_lab.llm")),
         ("envs", ("transformers", "npo_lab.llm")),
+        ("llm", ("gymnasium", "npo_lab.envs")),
     ],
 )
 def test_source_has_no_forbidden_imports(folder, forbidden):

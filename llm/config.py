@@ -1,0 +1,184 @@
+"""Configuration of the Qwen3-VL backend (standard library only, so ``npo-lab --help`` stays cheap).
+
+Defaults are sized for the CPU path (the tiny random Qwen3-VL on the synthetic image task); the recipes in
+``recipes/`` carry the real runs' values. ``[paper]`` marks a value the NPO paper states, ``[assumption]`` a
+choice made here where it is silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _check(cond: bool, name: str, got: object, allowed: str) -> None:
+    if not cond:
+        raise ValueError(f"{name} must be {allowed}, got {got!r}")
+
+
+def _check_choices(cfg: object, prefix: str) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal:
+            allowed = typing.get_args(tp)
+            value = getattr(cfg, f.name)
+            _check(value in allowed, f"{prefix}.{f.name}", value, "one of " + ", ".join(map(repr, allowed)))
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from: the built-in synthetic image task, a JSONL file, or a Hugging Face dataset."""
+
+    dataset: str = "synthetic"
+    """'synthetic' (PIL-drawn verifiable image tasks, offline), a .jsonl file, a folder written by
+    datasets' save_to_disk, or a Hugging Face dataset id (e.g. hiyouga/geometry3k; loaded with
+    datasets.load_dataset, which may download it)."""
+    split: str = "train"
+    """Training split (Hugging Face datasets; ignored for JSONL and synthetic)."""
+    eval_split: str = "test"
+    """Held-out split; for a JSONL file, a second file given as eval_file."""
+    eval_file: str = ""
+    """JSONL only: the held-out file; empty = hold out the last eval_rows rows of the training file."""
+    image_key: str = "images"
+    """Column with the image(s): a list (or one) of paths relative to the JSONL file, {'bytes': ...} or
+    {'path': ...} dicts, or PIL images (the geometry3k schema of verl and EasyR1)."""
+    question_key: str = "problem"
+    """Column with the question text; '<image>' in it marks where each image goes (else images come first)."""
+    answer_key: str = "answer"
+    """Column with the ground-truth answer (a number or LaTeX; graded with math-verify)."""
+    max_rows: int = 0
+    """Use at most this many training rows; 0 = all."""
+    eval_rows: int = 64
+    """Held-out rows scored by evaluate() (greedy)."""
+    bad_rows: Literal["error", "skip"] = "error"
+    """A malformed row (missing image, answer or question; unreadable image): error stops with the row's index;
+    skip drops it and counts it (data/skipped_rows)."""
+    system_prompt: str = "Reason briefly, then give the final answer in \\boxed{}."
+    """System message of every prompt; empty for none. [assumption]"""
+    synthetic_task: Literal["count", "digits", "mixed"] = "mixed"
+    """synthetic: count (how many shapes), digits (read the digits and add them), or both."""
+    synthetic_train: int = 256
+    """synthetic: training prompts."""
+    synthetic_eval: int = 64
+    """synthetic: held-out prompts (a disjoint seed stream)."""
+    synthetic_seed: int = 0
+    """synthetic: seed of the generator (the task set is a pure function of it)."""
+    image_size: int = 64
+    """synthetic: side of the square images, in pixels."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "eval_rows", "synthetic_train", "synthetic_eval"):
+            _check(getattr(self, name) >= 0, f"llm.data.{name}", getattr(self, name), ">= 0")
+        _check(self.image_size >= 16, "llm.data.image_size", self.image_size, ">= 16")
+        for name in ("image_key", "question_key", "answer_key"):
+            _check(bool(getattr(self, name)), f"llm.data.{name}", getattr(self, name), "a column name")
+        _check_choices(self, "llm.data")
+
+
+@dataclass
+class RewardConfig:
+    """The verifiable reward: math-verify accuracy, an optional format reward, optional custom callables."""
+
+    accuracy_weight: float = 1.0
+    """Weight of the math-verify accuracy reward (1 when the final answer equals the ground truth)."""
+    format_weight: float = 0.0
+    """Weight of the format reward (1 when the completion ends with a \\boxed{} answer, and has a
+    <think>...</think> block first when think_tags is on). Keep it below 0.5 so a well-formatted wrong
+    answer never counts as correct (grpo.correct_threshold). [assumption: off, as in the paper's RLVR]"""
+    think_tags: bool = False
+    """The format reward also asks for a <think>...</think> block before the answer."""
+    custom: str = ""
+    """Extra reward callables, comma-separated 'module:function' (TRL-style:
+    fn(prompts, completions, *, images, **columns) -> list[float | None]); each is added with weight 1."""
+    timeout_s: float = 5.0
+    """Time limit for grading one completion (parse + verify), enforced in a worker process that is
+    restarted when it runs over; a timed-out completion scores 0."""
+    max_chars: int = 4000
+    """Only the last max_chars characters of a completion are parsed (size limit on untrusted text)."""
+    workers: int = 1
+    """Grading worker processes."""
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "llm.reward.timeout_s", self.timeout_s, "> 0")
+        _check(self.max_chars >= 16, "llm.reward.max_chars", self.max_chars, ">= 16")
+        _check(self.workers >= 1, "llm.reward.workers", self.workers, ">= 1")
+        _check(self.accuracy_weight >= 0, "llm.reward.accuracy_weight", self.accuracy_weight, ">= 0")
+        _check(self.format_weight >= 0, "llm.reward.format_weight", self.format_weight, ">= 0")
+
+
+@dataclass
+class LLMConfig:
+    """The Qwen3-VL policy, its generation engine, its data and its rewards."""
+
+    model: str = "tiny"
+    """A Hugging Face id (e.g. Qwen/Qwen3-VL-8B-Instruct), a local folder written by save_pretrained, or 'tiny':
+    a randomly initialised ~250k-parameter Qwen3-VL with a locally trained tokenizer (CPU, tests, tutorials)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on a GPU, float32 on CPU."""
+    device: str = "auto"
+    """auto = cuda:<local rank> when a GPU is visible, else cpu."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation (sdpa, eager, flash_attention_2)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    freeze_vision: bool = False
+    """Keep the vision tower (and its merger) fixed. [assumption: trained, EasyR1's default]"""
+    lora_r: int = 0
+    """LoRA rank on the language model's linear layers (peft); 0 = full fine-tuning."""
+    lora_alpha: int = 32
+    """LoRA alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated module names that get LoRA adapters (language model only; vision per freeze_vision)."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (text + image tokens) are rejected with the row's index. The paper: 4096."""
+    max_new_tokens: int = 24
+    """Completion budget. The paper: 4096 [paper: 8192 split evenly between prompt and response]."""
+    temperature: float = 1.0
+    """Sampling temperature (also applied to every training log-prob, so ratios stay consistent)."""
+    top_p: float = 1.0
+    """Nucleus sampling; 1 = off (log-probs are of the untruncated tempered distribution)."""
+    micro_batch: int = 8
+    """Rows per forward pass (log-probs, generation); gradients accumulate over micro-batches."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf (transformers generate; CPU and GPU, tested) or vllm (GPU only; install profile
+    '.[vllm]' in its own environment; weights are synced after every update)."""
+    vllm_gpu_memory_utilization: float = 0.4
+    """vllm: fraction of GPU memory its KV cache may take (it shares the GPU with training)."""
+    scratch_dir: str = ""
+    """Where look-ahead checkpoints (save_pretrained folders) go; empty = a temporary folder. Each is about
+    2 bytes x parameters (16 GB for 8B in bf16)."""
+    teacher: str = ""
+    """luffy only: the external teacher (a hub id or folder of a stronger model sharing the tokenizer)."""
+    tiny_seed: int = 0
+    """model=tiny: seed of the random weights (the tokenizer is deterministic)."""
+    tiny_warm_steps: int = 150
+    """model=tiny: supervised warm-start steps on the training rows' answers written as '\\boxed{answer}', so RL
+    starts from a policy that answers in format and is sometimes right (as the arithmetic task's warm start).
+    [assumption, tuned]"""
+    tiny_warm_lr: float = 3e-3
+    """model=tiny: warm-start Adam learning rate."""
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "llm.model", self.model, "a hub id, a folder, or 'tiny'")
+        _check(self.max_prompt_tokens >= 8, "llm.max_prompt_tokens", self.max_prompt_tokens, ">= 8")
+        _check(self.max_new_tokens >= 1, "llm.max_new_tokens", self.max_new_tokens, ">= 1")
+        _check(self.temperature > 0, "llm.temperature", self.temperature, "> 0")
+        _check(0 < self.top_p <= 1, "llm.top_p", self.top_p, "in (0, 1]")
+        _check(self.micro_batch >= 1, "llm.micro_batch", self.micro_batch, ">= 1")
+        _check(self.lora_r >= 0, "llm.lora_r", self.lora_r, ">= 0")
+        _check(self.tiny_warm_steps >= 0, "llm.tiny_warm_steps", self.tiny_warm_steps, ">= 0")
+        _check(0 <= self.lora_dropout < 1, "llm.lora_dropout", self.lora_dropout, "in [0, 1)")
+        _check(
+            0 < self.vllm_gpu_memory_utilization < 1,
+            "llm.vllm_gpu_memory_utilization",
+            self.vllm_gpu_memory_utilization,
+            "in (0, 1)",
+        )
+        _check_choices(self, "llm")

@@ -1,0 +1,318 @@
+"""The Qwen3-VL backend on a tiny random Qwen3-VL (built from a config, locally trained tokenizer), offline on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
+from npo_lab.core.losses import policy_loss
+from npo_lab.npo import NearFutureGuide, restore, snapshot
+from npo_lab.trainer import grpo_step, make_state, train
+from npo_lab.utils import seed_everything
+
+pytestmark = pytest.mark.llm
+transformers = pytest.importorskip("transformers")
+
+from npo_lab.llm.backend import DiskCheckpoint, QwenVLBackend  # noqa: E402
+from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig  # noqa: E402
+from npo_lab.llm.model import is_vision_param, load_model, load_processor  # noqa: E402
+
+REWARD_MODULE = '''
+def even_length(prompts, completions, **columns):
+    """1 for a completion of even length: about half the rows, so groups are mixed and guides exist."""
+    return [float(len(c) % 2 == 0) for c in completions]
+'''
+
+
+@pytest.fixture(scope="session")
+def reward_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rewards")
+    (d / "npo_test_rewards.py").write_text(REWARD_MODULE)
+    sys.path.insert(0, str(d))
+    yield d
+    sys.path.remove(str(d))
+
+
+def small_cfg(**kw) -> LLMConfig:
+    base = dict(
+        tiny_warm_steps=0,
+        max_new_tokens=6,
+        micro_batch=4,
+        data=DataConfig(synthetic_train=8, synthetic_eval=4, eval_rows=4),
+        reward=RewardConfig(accuracy_weight=0.0, custom="npo_test_rewards:even_length"),
+    )
+    base.update(kw)
+    return LLMConfig(**base)
+
+
+@pytest.fixture
+def make_backend(reward_dir):
+    made = []
+
+    def make(seed: int = 0, **kw) -> QwenVLBackend:
+        seed_everything(seed)
+        be = QwenVLBackend(small_cfg(**kw), seed=seed)
+        made.append(be)
+        return be
+
+    yield make
+    for be in made:
+        be.close()
+
+
+GRPO = GRPOConfig(batch_size=8, group_size=4, lr=1e-2, micro_batch_size=3)
+
+
+def test_rollout_shapes_rewards_and_behaviour_logprobs(make_backend):
+    be = make_backend()
+    b = be.rollout([0, 1], 4)
+    assert b.size == 8 and b.group_ids.tolist() == [0] * 4 + [1] * 4
+    assert set(b.rewards.tolist()) <= {0.0, 1.0}
+    lengths = b.mask.sum(-1).long().tolist()
+    assert lengths == [len(e["ids"]) for e in b.extras] and max(lengths) <= 6
+    with torch.no_grad():
+        lp, ent = be.logprobs(b)
+    # behaviour log-probs come from the same forward path: equal for the current weights
+    torch.testing.assert_close(lp, b.behavior_logprobs * b.mask, rtol=0, atol=1e-5)
+    assert (lp[b.mask.bool()] < 0).all() and (ent[b.mask.bool()] > 0).all()
+    assert all(be.tokenizer.decode(e["ids"], skip_special_tokens=True) == e["text"] for e in b.extras)
+    # no vision placeholder is ever generated (it would break the image-feature count)
+    assert not any(i in be.banned_ids for e in b.extras for i in e["ids"].tolist())
+
+
+def test_no_grad_logprobs_reuse_the_behaviour_forward_only_while_the_weights_are_unchanged(make_backend):
+    be = make_backend()
+    b = be.rollout([0, 1], 4)
+    with torch.no_grad():
+        reused, ent_reused = be.logprobs(b)
+    assert be.stats["reused_rows"] == b.size
+    with torch.no_grad():
+        for p in be.model.parameters():
+            p.add_(0.0)  # an in-place write: same values, new version -> a real forward
+        computed, ent_computed = be.logprobs(b)
+    assert be.stats["reused_rows"] == b.size  # nothing reused the second time
+    torch.testing.assert_close(reused, computed, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent_reused, ent_computed, rtol=0, atol=1e-5)
+    state = make_state(be, GRPO, seed=0)
+    state.optimizer.zero_grad()
+    (-be.logprobs(b)[0].sum()).backward()
+    state.optimizer.step()  # Adam's in-place update bumps the version: stale behaviour log-probs are not reused
+    with torch.no_grad():
+        after, _ = be.logprobs(b)
+    assert not torch.allclose(after, computed, atol=1e-4)
+
+
+def reference_logprobs(be: QwenVLBackend, b) -> torch.Tensor:
+    """Per-token log-probs from a plain full-sequence forward, one row at a time (no left padding, all logits)."""
+    out = torch.zeros_like(b.mask)
+    for i, e in enumerate(b.extras):
+        ex = be.train_set[e["pid"]]
+        enc = be.processor(text=[be._prompt_text(ex)], images=list(ex.images), return_tensors="pt")
+        ids = torch.cat([enc["input_ids"], e["ids"].unsqueeze(0)], 1)
+        inputs = dict(enc, input_ids=ids, attention_mask=torch.ones_like(ids))
+        if "mm_token_type_ids" in enc:
+            zeros = torch.zeros_like(e["ids"]).unsqueeze(0)
+            inputs["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], zeros], 1)
+        logits = be.model(**inputs).logits[0, enc["input_ids"].shape[1] - 1 : -1].float() / be.cfg.temperature
+        logits[:, be.banned_ids] = float("-inf")
+        lsm = torch.log_softmax(logits, -1)
+        out[i, : len(e["ids"])] = lsm.gather(-1, e["ids"].unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def test_backend_loss_equals_the_core_loss_on_a_reference_forward(make_backend):
+    be = make_backend()
+    b = be.rollout([0, 1], 4)
+    adv = torch.linspace(-1, 1, b.size)
+    with torch.no_grad():
+        ref = reference_logprobs(be, b)
+        lp, _ = be.logprobs(b)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)
+    old = ref - 0.05 * b.mask
+    kw = dict(clip_eps_low=0.2, clip_eps_high=0.2, aggregation="token_mean")
+    loss_backend, _ = policy_loss(be.logprobs(b)[0], old, adv, b.mask, **kw)
+    loss_core, _ = policy_loss(reference_logprobs(be, b), old, adv, b.mask, **kw)
+    assert loss_backend.item() == pytest.approx(loss_core.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("freeze_vision", [False, True])
+def test_every_trainable_parameter_changes_and_frozen_ones_do_not(make_backend, freeze_vision):
+    be = make_backend(freeze_vision=freeze_vision)
+    before = {n: p.detach().clone() for n, p in be.model.named_parameters()}
+    state = make_state(be, GRPO, seed=0)
+    for _ in range(2):
+        m = grpo_step(state, GRPO)
+    assert torch.isfinite(torch.tensor(m["loss/total"]))
+    for n, p in be.model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        if freeze_vision and is_vision_param(n):
+            assert not p.requires_grad and not changed, n
+        else:
+            assert p.requires_grad and changed, f"{n} did not change"
+
+
+@pytest.mark.parametrize("freeze_vision", [True, False])
+def test_lora_trains_adapters_only_and_round_trips(make_backend, freeze_vision):
+    pytest.importorskip("peft")
+    be = make_backend(lora_r=4, freeze_vision=freeze_vision)
+    before = {n: p.detach().clone() for n, p in be.model.named_parameters()}
+    state = make_state(be, GRPO, seed=0)
+    for _ in range(2):  # LoRA's B starts at 0, so A gets its first gradient on the second step
+        grpo_step(state, GRPO)
+    for n, p in be.model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        trained = "lora_" in n or (not freeze_vision and "modules_to_save" in n)
+        assert changed == trained, n  # adapters (and a trained vision copy) moved; base weights did not
+    ck = be.save()
+    assert (ck.path / "adapter_model.safetensors").is_file() and (ck.path / "adapter_config.json").is_file()
+    b = be.rollout([0], 4)
+    with torch.no_grad():
+        want, _ = be.logprobs(b)
+        guide, _ = be.logprobs(b, policy=ck)  # the adapter folder loads directly (base model + adapter)
+    torch.testing.assert_close(guide, want, rtol=0, atol=1e-6)
+    grpo_step(state, GRPO)
+    be.load(ck)
+    with torch.no_grad():
+        again, _ = be.logprobs(b)
+    assert torch.equal(again, want)
+
+
+def test_save_load_gives_identical_logits_and_the_folder_loads_with_from_pretrained(make_backend):
+    be = make_backend()
+    b = be.rollout([0, 1], 2)
+    ck = be.save()
+    with torch.no_grad():
+        want, _ = be.logprobs(b)
+    rng = be.gen.get_state()
+    with torch.no_grad():
+        for p in be.model.parameters():
+            p.add_(0.01)
+    be.gen.manual_seed(123)
+    be.load(ck)
+    with torch.no_grad():
+        got, _ = be.logprobs(b)
+    assert torch.equal(got, want) and torch.equal(be.gen.get_state(), rng)
+    # the checkpoint is a plain save_pretrained folder: AutoModelForImageTextToText reads it, logits identical
+    m2 = load_model(str(ck.path), torch.float32).eval()
+    proc = load_processor(be.name, local_files_only=True)
+    ex = be.train_set[0]
+    enc = proc(text=[be._prompt_text(ex)], images=list(ex.images), return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(m2(**enc).logits, be.model(**enc).logits)
+
+
+def test_temporary_checkpoints_are_removed_when_released(make_backend):
+    import gc
+
+    be = make_backend()
+    ck = be.save()
+    path = ck.path
+    kept = ck.persist(path.parent.parent / (path.name + "-kept"))
+    assert path.is_dir() and Path(kept["path"]).is_dir()
+    del ck
+    gc.collect()
+    assert not path.exists() and Path(kept["path"]).is_dir()
+    be.load(kept)  # a persisted checkpoint (plain dict) loads back
+
+
+def test_snapshot_restore_is_exact_across_grpo_steps(make_backend):
+    be = make_backend()
+    state = make_state(be, GRPO, seed=0)
+    grpo_step(state, GRPO)
+    snap = snapshot(state)
+    params = {n: p.detach().clone() for n, p in be.model.named_parameters()}
+    m1 = grpo_step(state, GRPO)
+    restore(state, snap)
+    assert all(torch.equal(params[n], p) for n, p in be.model.named_parameters())
+    m2 = grpo_step(state, GRPO)  # the same step again: same prompts, same samples, same update
+    assert m1["loss/total"] == m2["loss/total"] and m1["reward/on_policy_mean"] == m2["reward/on_policy_mean"]
+
+
+def test_a_full_npo_step_end_to_end(make_backend):
+    """Look-ahead of Delta steps, exact rollback, then guided steps with near-future rows in failing groups."""
+    be = make_backend()
+    grpo = dataclasses.replace(GRPO)
+    npo = NPOConfig(delta=2, interventions=(0,), guide_samples=4, gate=0.6)
+    state = make_state(be, grpo, seed=0)
+    before = {n: p.detach().clone() for n, p in be.model.named_parameters()}
+    source = NearFutureGuide(npo, total_steps=3)
+    rows = []
+    res = train(state, source, RunConfig(steps=3, eval_every=3), grpo, on_step=None, logger=_Rows(rows))
+    assert res.interventions == [0] and res.lookahead_steps == 2
+    guided = [r for r in rows if r.get("guide/gated_frac", 0) > 0]
+    assert guided, "no group was guided"
+    assert any(r.get("guide/rows", 0) > 0 for r in guided), rows
+    assert any("reward/even_length/guide" in r for r in rows)
+    assert state.step == 3
+    assert any(not torch.equal(before[n], p) for n, p in be.model.named_parameters())
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def log(self, m, step):
+        self.rows.append(dict(m))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_malformed_rows_name_the_row(reward_dir, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "a.png")
+    rows = [
+        {"images": ["a.png"], "problem": "<image>How many?", "answer": "1"},
+        {"images": ["a.png"], "problem": "<image>How many?"},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = small_cfg(data=DataConfig(dataset=str(tmp_path / "d.jsonl"), eval_rows=1))
+    with pytest.raises(ValueError, match=r"row 1: missing answer"):
+        QwenVLBackend(cfg)
+
+
+def test_prompt_too_long_is_a_clear_error(make_backend):
+    be = make_backend(max_prompt_tokens=8)
+    with pytest.raises(ValueError, match=r"row 0: the prompt has \d+ tokens.*llm.max_prompt_tokens=8"):
+        be.rollout([0], 2)
+
+
+def test_disk_checkpoint_repr_names_the_folder(tmp_path):
+    ck = DiskCheckpoint(tmp_path / "x", torch.zeros(1), owned=False)
+    assert "x" in repr(ck)
+
+
+def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
+    env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    args = [
+        sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--method", "npo", "--steps", "2",
+        "--eval-every", "2", "--npo.delta", "1", "--npo.interventions", "0", "--grpo.batch-size", "8",
+        "--grpo.group-size", "4", "--llm.tiny-warm-steps", "0", "--llm.max-new-tokens", "4",
+        "--llm.data.synthetic-train", "8", "--llm.data.synthetic-eval", "4", "--llm.reward.accuracy-weight", "0",
+        "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path), "--checkpoint-every", "2",
+    ]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next(tmp_path.iterdir())
+    assert run.name.startswith("qwen-vl-tiny__npo__0__")
+    res = json.loads((run / "result.json").read_text())
+    assert res["interventions"] == [0] and res["lookahead_steps"] == 1
+    assert (run / "checkpoints" / "step_000002.policy" / "model.safetensors").is_file()
+    dry = subprocess.run(
+        [sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--dry-run", "--config",
+         str(Path(__file__).resolve().parents[2] / "recipes" / "qwen3vl_8b_paper.toml")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "4096 prompt + 4096 response" in dry.stdout and "memory per GPU" in dry.stdout

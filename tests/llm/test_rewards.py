@@ -1,0 +1,427 @@
+"""Verifiable rewards: boxed-answer extraction, the format reward, math-verify grading under time limits in worker
+processes, custom reward functions and their combination (RewardSet)."""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from npo_lab.llm.config import RewardConfig
+from npo_lab.llm.rewards import MathVerifier, RewardSet, extract_boxed, format_reward, load_reward_fn
+
+pytestmark = pytest.mark.llm
+needs_math_verify = pytest.mark.skipif(importlib.util.find_spec("math_verify") is None, reason="needs math-verify")
+
+SLOW = "\\boxed{9^{9^{9^{9^{9}}}}}"  # sympy spends minutes on this (killed after 15 s when measured)
+
+
+def _workers() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name == "math-verify"]
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    with MathVerifier(timeout_s=20.0) as mv:  # generous: correctness tests must not depend on machine load
+        yield mv
+
+
+# --- extract_boxed -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so \\boxed{42}.", "42"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{{a}{b{c}}}", "{a}{b{c}}"),
+        ("first \\boxed{1}, then \\boxed{2}, finally \\boxed{3} done", "3"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{1} then \\fbox{2}", "2"),
+        ("\\fbox{1} then \\boxed{2}", "2"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+        ("\\boxed{}", ""),
+        ("\\boxed{\\boxed{5}}", "5"),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the answer is 42",
+        "boxed{42}",
+        "\\boxed 42",
+        "\\boxed{\\frac{1}{2}",
+        "\\boxed{1} and then \\boxed{2",
+        "\\boxed{a\\}",
+        "",
+    ],
+)
+def test_extract_boxed_absent_or_unbalanced(text):
+    assert extract_boxed(text) is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("x" * 1_000_000 + "\\boxed{" + "{" * 500_000, None),
+        ("\\boxed{" * 150_000, None),
+        ("\\boxed{" + "{}" * 500_000 + "}", "{}" * 500_000),
+        ("\\boxed{" + "\\" * 1_000_001 + "}", None),
+    ],
+)
+def test_extract_boxed_megabyte_is_fast(text, expected):
+    t0 = time.perf_counter()
+    assert extract_boxed(text) == expected
+    assert format_reward(text, think_tags=True) == 0.0
+    assert time.perf_counter() - t0 < 5.0  # a quadratic scan would take hours
+
+
+# --- format_reward ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "completion, think_tags, expected",
+    [
+        ("so \\boxed{3}", False, 1.0),
+        ("\\boxed{3} and some text after", False, 1.0),
+        ("the answer is 3", False, 0.0),
+        ("\\boxed{}", False, 0.0),
+        ("\\boxed{  }", False, 0.0),
+        ("\\boxed{3", False, 0.0),
+        ("<think>r</think> \\boxed{3}", False, 1.0),
+        ("\\boxed{3} <think>", False, 1.0),
+        ("<think>reasoning</think> so \\boxed{3}", True, 1.0),
+        ("so \\boxed{3}", True, 0.0),
+        ("<think>reasoning</think> no answer", True, 0.0),
+        ("\\boxed{3} <think>reasoning</think>", True, 0.0),
+        ("<think>\\boxed{3}</think>", True, 0.0),
+        ("<think>a</think><think>b</think> \\boxed{3}", True, 0.0),
+        ("<think>a <think>b</think> \\boxed{3}", True, 0.0),
+        ("</think> x <think> \\boxed{3}", True, 0.0),
+        ("<think>a \\boxed{3}", True, 0.0),
+    ],
+)
+def test_format_reward(completion, think_tags, expected):
+    assert format_reward(completion, think_tags=think_tags) == expected
+
+
+# --- MathVerifier ----------------------------------------------------------------------------------------------
+
+CORRECT = [
+    ("\\boxed{\\frac{1}{2}}", "0.5"),
+    ("\\boxed{42}", "42"),
+    ("$x = 3$ so \\boxed{3}", "3"),
+    ("so the answer is \\boxed{0.5}", "\\frac{1}{2}"),
+    ("\\boxed{\\sqrt{2}}", "$\\sqrt{2}$"),
+    ("\\boxed{\\dfrac{3}{4}}", "0.75"),
+    ("\\boxed{$7$}", "7"),
+    ("no box, but the answer is 42", "42"),
+    ("\\boxed{x = 3}", "3"),
+    ("\\boxed{\\text{Paris}}", "Paris"),
+    ("x" * 10_000 + " so \\boxed{5}", "5"),  # only the tail is read
+]
+
+NEAR_MISSES = [
+    ("\\boxed{4.2}", "42"),
+    ("\\boxed{-42}", "42"),
+    ("\\boxed{42.1}", "42"),
+    ("\\boxed{24}", "42"),
+    ("\\boxed{420}", "42"),
+    ("\\boxed{0.33}", "\\frac{1}{3}"),
+    ("\\boxed{\\frac{1}{3}}", "0.33"),
+    ("\\boxed{}", "42"),
+    ("I am not sure.", "42"),
+    ("\\boxed{42} is wrong, the answer is \\boxed{41}", "42"),
+    ("\\boxed{1.4142}", "\\sqrt{2}"),
+    ("\\boxed{5}" + "x" * 5000, "5"),  # the answer lies before the last max_chars characters
+]
+
+
+@needs_math_verify
+def test_grades_correct_answers(verifier):
+    completions, answers = zip(*CORRECT)
+    assert verifier.grade(list(completions), list(answers)) == [1.0] * len(CORRECT)
+
+
+@needs_math_verify
+def test_grades_near_misses_zero(verifier):
+    completions, answers = zip(*NEAR_MISSES)
+    scores = verifier.grade(list(completions), list(answers))
+    assert dict(zip(completions, scores)) == dict.fromkeys(completions, 0.0)
+
+
+@needs_math_verify
+def test_grade_checks_lengths(verifier):
+    with pytest.raises(ValueError, match="2 completions but 1 answers"):
+        verifier.grade(["\\boxed{1}", "\\boxed{2}"], ["1"])
+    assert verifier.grade([], []) == []
+
+
+@needs_math_verify
+def test_grades_from_a_thread(verifier):
+    completions = ["\\boxed{\\frac{1}{2}}", "\\boxed{0.3}", "\\boxed{2\\pi}"]
+    answers = ["0.5", "\\frac{1}{3}", "2\\pi"]
+    out: list[list[float]] = []
+    thread = threading.Thread(target=lambda: out.append(verifier.grade(completions, answers)), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert out == [verifier.grade(completions, answers)] == [[1.0, 0.0, 1.0]]
+
+
+@needs_math_verify
+def test_timeout_kills_the_worker_and_recovers():
+    before = set(_workers())
+    mv = MathVerifier(timeout_s=1.0)
+    try:
+        assert mv.grade(["\\boxed{0.25}"], ["\\frac{1}{4}"]) == [1.0]  # start the worker outside the timing
+        (old,) = set(_workers()) - before
+        out: list[list[float]] = []
+        t0 = time.perf_counter()
+        thread = threading.Thread(target=lambda: out.append(mv.grade([SLOW], ["1"])), daemon=True)
+        thread.start()
+        thread.join(30)
+        elapsed = time.perf_counter() - t0
+        assert not thread.is_alive(), "grade() did not return: the time limit was not enforced"
+        assert out == [[0.0]]
+        assert 1.0 <= elapsed < 6.0
+        assert mv.stats["timeouts"] == 1 and mv.stats["errors"] == 0
+        old.join(5)
+        assert not old.is_alive()
+        # a fresh worker grades correctly afterwards, and a slow item mid-batch does not hurt its neighbours
+        assert mv.grade(["\\boxed{0.5}", SLOW, "\\boxed{3}"], ["\\frac{1}{2}", "1", "4"]) == [1.0, 0.0, 0.0]
+        assert mv.grade(["\\boxed{0.5}"], ["1/2"]) == [1.0]
+        assert mv.stats == {"graded": 6, "timeouts": 2, "errors": 0}
+    finally:
+        mv.close()
+    assert set(_workers()) <= before
+    with pytest.raises(RuntimeError, match="closed"):
+        mv.grade(["\\boxed{1}"], ["2"])
+
+
+@needs_math_verify
+def test_workers_run_items_concurrently():
+    before = set(_workers())
+    with MathVerifier(timeout_s=1.0, workers=2) as mv:
+        assert mv.grade(["\\boxed{0.5}", "\\boxed{2}"], ["1/2", "3"]) == [1.0, 0.0]  # start both workers
+        assert len(set(_workers()) - before) == 2
+        t0 = time.perf_counter()
+        assert mv.grade([SLOW, SLOW], ["1", "2"]) == [0.0, 0.0]
+        elapsed = time.perf_counter() - t0
+        assert mv.stats["timeouts"] == 2
+        assert 1.0 <= elapsed < 1.9  # one item per worker, timed out together; one after the other takes >= 2 s
+        # round-robin: rows 0, 2, 4 on one worker, 1, 3, 5 on the other; both restart, neighbours are unaffected
+        completions = [SLOW, "\\boxed{0.5}", "\\boxed{0.25}", SLOW, "\\boxed{7}", "\\boxed{1/3}"]
+        answers = ["1", "\\frac{1}{2}", "1/4", "2", "8", "\\frac{1}{3}"]
+        assert mv.grade(completions, answers) == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+        assert mv.stats == {"graded": 10, "timeouts": 4, "errors": 0}
+    assert set(_workers()) <= before
+
+
+@needs_math_verify
+def test_a_crashed_worker_scores_zero_and_counts_an_error():
+    before = set(_workers())
+    with MathVerifier(timeout_s=30.0) as mv:
+        assert mv.grade(["\\boxed{0.5}"], ["1/2"]) == [1.0]
+        (worker,) = set(_workers()) - before
+        out: list[list[float]] = []
+        thread = threading.Thread(target=lambda: out.append(mv.grade([SLOW], ["1"])), daemon=True)
+        thread.start()
+        time.sleep(1.0)  # the item is in flight (the worker is warm)
+        os.kill(worker.pid, signal.SIGKILL)
+        thread.join(10)
+        assert not thread.is_alive() and out == [[0.0]]
+        assert mv.stats == {"graded": 2, "timeouts": 0, "errors": 1}
+        assert mv.grade(["\\boxed{0.5}", "\\boxed{2}"], ["1/2", "3"]) == [1.0, 0.0]  # restarted
+
+
+def test_missing_math_verify_says_how_to_install(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"pip install 'npo-lab\[llm\]'"):
+        MathVerifier()
+    with pytest.raises(ImportError, match="npo-lab"):
+        RewardSet(RewardConfig(accuracy_weight=1.0))
+    RewardSet(RewardConfig(accuracy_weight=0.0, format_weight=1.0)).close()  # no accuracy: no math-verify needed
+
+
+@needs_math_verify
+def test_constructor_checks():
+    with pytest.raises(ValueError, match="timeout_s"):
+        MathVerifier(timeout_s=0)
+    with pytest.raises(ValueError, match="workers"):
+        MathVerifier(workers=0)
+
+
+# --- load_reward_fn, RewardSet -------------------------------------------------------------------------------
+
+CUSTOM = """
+import math
+
+CALLS = []
+
+
+def bonus(prompts, completions, images, answer, difficulty, **kw):
+    CALLS.append(dict(prompts=prompts, completions=completions, images=images, answer=answer,
+                      difficulty=difficulty, **kw))
+    return [None if d is None else d / 10 for d in difficulty]
+
+
+def flag(prompts, completions, **kw):
+    return [len(c) > 12 for c in completions]
+
+
+def wrong_length(prompts, completions, **kw):
+    return [0.0]
+
+
+def gives_str(prompts, completions, **kw):
+    return ["1.0" for _ in completions]
+
+
+def gives_nan(prompts, completions, **kw):
+    return [math.nan for _ in completions]
+
+
+def gives_inf(prompts, completions, **kw):
+    return [math.inf for _ in completions]
+
+
+def gives_float(prompts, completions, **kw):
+    return 1.0
+
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def custom_mod(tmp_path, monkeypatch):
+    name = "npo_rewards_custom_mod"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(CUSTOM))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_load_reward_fn(custom_mod):
+    assert load_reward_fn(f"{custom_mod}:flag").__name__ == "flag"
+    assert load_reward_fn(" os.path : join ") is os.path.join
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon", "must be 'module:function'"),
+        ("mod:", "must be 'module:function'"),
+        (":fn", "must be 'module:function'"),
+        ("a:b:c", "must be 'module:function'"),
+        ("npo_no_such_module_xyz:fn", "cannot import module 'npo_no_such_module_xyz'"),
+        ("{mod}:no_such_fn", "has no attribute 'no_such_fn'"),
+        ("{mod}:NOT_CALLABLE", "not callable"),
+    ],
+)
+def test_load_reward_fn_bad_specs(custom_mod, spec, message):
+    spec = spec.format(mod=custom_mod)
+    with pytest.raises(ValueError, match=message) as info:
+        load_reward_fn(spec)
+    assert repr(spec) in str(info.value)
+
+
+@needs_math_verify
+def test_reward_set_totals_and_components(custom_mod):
+    cfg = RewardConfig(
+        accuracy_weight=1.0,
+        format_weight=0.25,
+        think_tags=True,
+        custom=f"{custom_mod}:bonus, {custom_mod}:flag,{custom_mod}:bonus",
+        timeout_s=20.0,
+    )
+    prompts = ["p0", "p1", "p2", "p3"]
+    completions = [
+        "<think>a</think> \\boxed{42}",
+        "\\boxed{42}",
+        "<think>b</think> \\boxed{}",
+        "<think></think>\\boxed{6}",
+    ]
+    answers = ["42", "42", "7", "7"]
+    images = [["img0"], [], ["img2a", "img2b"], []]
+    columns = [{"difficulty": 1, "answer": "ignored"}, {"difficulty": 3, "topic": "algebra"}, {}, {"difficulty": 0}]
+    with RewardSet(cfg) as rewards:
+        totals, components = rewards.score(prompts, completions, answers, images, columns)
+    assert list(components) == ["accuracy", "format", "bonus", "flag", "bonus_2"]
+    assert components["accuracy"] == [1.0, 1.0, 0.0, 0.0]
+    assert components["format"] == [1.0, 0.0, 0.0, 1.0]
+    assert components["bonus"] == components["bonus_2"] == [0.1, 0.3, None, 0.0]
+    assert components["flag"] == [1.0, 0.0, 1.0, 1.0]
+    expected = [1.0 + 0.25 + 0.2 + 1.0, 1.0 + 0.6, 1.0, 0.25 + 1.0]
+    assert totals == pytest.approx(expected)
+
+    calls = sys.modules[custom_mod].CALLS
+    assert len(calls) == 2
+    assert calls[0] == {
+        "prompts": prompts,
+        "completions": completions,
+        "images": images,
+        "answer": answers,
+        "difficulty": [1, 3, None, 0],
+        "topic": [None, "algebra", None, None],
+    }
+
+
+def test_reward_set_without_accuracy_starts_no_worker(custom_mod):
+    before = set(_workers())
+    cfg = RewardConfig(accuracy_weight=0.0, format_weight=0.5, custom=f"{custom_mod}:flag")
+    with RewardSet(cfg) as rewards:
+        assert rewards.verifier is None
+        completions = ["\\boxed{1}", "a long answer, no box"]
+        totals, components = rewards.score(["p", "p"], completions, ["1", "1"], [[], []], [{}, {}])
+    assert list(components) == ["format", "flag"]
+    assert components == {"format": [1.0, 0.0], "flag": [0.0, 1.0]}
+    assert totals == [0.5, 1.0]
+    assert set(_workers()) == before
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        ("wrong_length", "returned 1 values for 2 completions"),
+        ("gives_str", "returned a str at index 0"),
+        ("gives_nan", "returned nan"),
+        ("gives_inf", "returned inf"),
+        ("gives_float", "must return a list"),
+    ],
+)
+def test_reward_set_rejects_bad_custom_output(custom_mod, fn, message):
+    rewards = RewardSet(RewardConfig(accuracy_weight=0.0, custom=f"{custom_mod}:{fn}"))
+    with pytest.raises(ValueError, match=message) as info:
+        rewards.score(["p", "p"], ["a", "b"], ["1", "1"], [[], []], [{}, {}])
+    assert repr(fn) in str(info.value)
+
+
+def test_reward_set_checks_lengths():
+    rewards = RewardSet(RewardConfig(accuracy_weight=0.0, format_weight=1.0))
+    with pytest.raises(ValueError, match="1 answers for 2 completions"):
+        rewards.score(["p", "p"], ["a", "b"], ["1"], [[], []], [{}, {}])
+
+
+def test_custom_output_conversion(custom_mod):
+    # bools are numbers (True -> 1.0), as in TRL; numpy arrays (and tensors) are read through tolist()
+    np = pytest.importorskip("numpy")
+    from npo_lab.llm.rewards import _check_custom
+
+    assert _check_custom("f", [True, False, None, 2], 4) == [1.0, 0.0, None, 2.0]
+    assert _check_custom("f", (0.5, np.float32(1.5)), 2) == [0.5, 1.5]
+    assert _check_custom("f", np.array([0.5, 1.5]), 2) == [0.5, 1.5]
