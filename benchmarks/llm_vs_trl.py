@@ -36,9 +36,13 @@ hits both. Each side first runs ``--warmup`` untimed steps. TRL's logging is pus
 (``logging_steps`` larger than the run) and npo_lab runs without a logger, so neither side pays for I/O.
 
 Outputs: per-side median / mean / min / max step time, ratio npo_lab/TRL of the medians with a bootstrap 90%
-interval (steps resampled within each side) and the min/max of the per-round ratios, mean completion tokens per
-row, the phase breakdown of both sides (npo_lab: its ``time/*`` metrics plus the pure ``generate`` time; TRL:
-wrapped ``_generate``, ``_generate_and_score_completions``, ``compute_loss`` and ``accelerator.backward``), and
+interval (steps resampled within each side) and the median / min / max of the per-round ratios (a round's two
+blocks run back to back, so that ratio is paired against slow drifts of the machine's load), mean completion
+tokens per row, the phase breakdown of both sides (npo_lab: its ``time/*`` metrics, the pure ``generate`` time
+and wrapped backend internals: ``_forward_logprobs`` with and without grad, ``_encode_prompts``,
+``_prompt_text``, ``rewards.score``, ``model.generate``, with call counts; TRL:
+wrapped ``_generate``, ``_generate_and_score_completions``, ``compute_loss``, ``accelerator.backward``,
+``_clip_grad_norm``, and the optimiser step between ``on_pre_optimizer_step`` and ``on_optimizer_step``), and
 with ``--profile`` a cProfile of one extra step of each side (written next to ``--out``).
 """
 
@@ -192,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         micro_batch=args.npo_micro_batch or B,
         data=DataConfig(
             synthetic_train=n_prompts,
-            synthetic_eval=0,
-            eval_rows=0,
+            synthetic_eval=4,  # the backend requires a held-out split; evaluate() is never called here
+            eval_rows=4,
             image_size=args.image_size,
             system_prompt=system_prompt,
         ),
@@ -306,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wrap(trainer, "_generate", "generate")  # tokenise prompts + model.generate
     wrap(trainer, "compute_loss", "loss_forward")
     wrap(trainer.accelerator, "backward", "backward")
+    wrap(trainer, "_clip_grad_norm", "clip_grad_norm")
 
     # npo_lab sub-phase timers, the same way (internal calls go through the instance attributes too)
     npo_phase: dict[str, float] = {}
@@ -326,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # behaviour forward = the no-grad pass inside rollout; train forward = the differentiable pass of the update
     wrap_npo(backend, "_forward_logprobs", lambda: "train_forward" if torch.is_grad_enabled() else "no_grad_forward")
-    wrap_npo(backend, "_encode_prompts", lambda: "encode_prompts")
+    wrap_npo(backend, "_batch_inputs", lambda: "batch_inputs")
     wrap_npo(backend, "_prompt_text", lambda: "prompt_text")
     wrap_npo(backend.rewards, "score", lambda: "reward_score")
     wrap_npo(backend.model, "generate", lambda: "model_generate")
@@ -367,9 +372,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             self.begin = self.resume
             self.round_trl: list[float] = []
             self.prof: Any = None
+            self.opt0 = 0.0
 
         def on_train_begin(self, args_: Any, st: Any, control: Any, **kw: Any) -> None:
             self.resume = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args_: Any, st: Any, control: Any, **kw: Any) -> None:
+            self.opt0 = time.perf_counter()
+
+        def on_optimizer_step(self, args_: Any, st: Any, control: Any, **kw: Any) -> None:
+            trl_phase["optimizer_step"] = time.perf_counter() - self.opt0
 
         def on_step_begin(self, args_: Any, st: Any, control: Any, **kw: Any) -> None:
             trl_phase.clear()
@@ -469,6 +481,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "median": ratio,
             "mean": statistics.fmean(npo_s) / statistics.fmean(trl_s),
             "bootstrap_90": [lo, hi],
+            "per_round_median": statistics.median(round_ratios),
             "per_round_min": min(round_ratios),
             "per_round_max": max(round_ratios),
             "inner_median": statistics.median(npo_s) / statistics.median(rec["trl_inner"]),
@@ -503,7 +516,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rr = result["ratio_npo_lab_over_trl"]
     print(
         f"ratio npo_lab/TRL (median) {rr['median']:.3f}  bootstrap90 [{lo:.3f}, {hi:.3f}]  "
-        f"rounds [{rr['per_round_min']:.3f}, {rr['per_round_max']:.3f}]  (vs TRL inner {rr['inner_median']:.3f})"
+        f"rounds median {rr['per_round_median']:.3f} [{rr['per_round_min']:.3f}, {rr['per_round_max']:.3f}]  "
+        f"(vs TRL inner {rr['inner_median']:.3f})"
     )
     print("npo_lab phases:", {k: round(v, 4) for k, v in npo_phases.items()})
     print("TRL phases:    ", {k: round(v, 4) for k, v in trl_phases.items()})

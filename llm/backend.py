@@ -38,6 +38,8 @@ from npo_lab.batch import RolloutBatch
 
 CHECKPOINT_FORMAT = "npo_lab-hf-folder-v1"
 _WARM: dict[str, tuple[dict[str, Tensor], float]] = {}
+_CACHE_BYTES = 1 << 30
+"""Pixel-value bytes the per-row prompt cache may hold (1 GiB)."""
 
 
 class DiskCheckpoint:
@@ -97,6 +99,8 @@ class QwenVLBackend:
         self.name = broadcast_str(self.name, self.world) if cfg.model == "tiny" else resolve_model(cfg)
         self.processor = load_processor(self.name, local_files_only=Path(self.name).is_dir())
         self.tokenizer = self.processor.tokenizer
+        self._prompts: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+        self._prompt_bytes = 0
         self.tokenizer.padding_side = "left"
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_ids = self._eos_ids()
@@ -110,6 +114,8 @@ class QwenVLBackend:
         self.counts = param_counts(self.model)
         self.train_set, self.data_stats = load_split(cfg.data, "train")
         self.eval_set, _ = load_split(cfg.data, "eval")
+        if not self.eval_set:
+            raise ValueError("llm.data: the held-out split is empty; evaluate() needs rows (llm.data.eval_rows >= 1)")
         self.warm_start_loss = float("nan")
         if cfg.model == "tiny" and cfg.tiny_warm_steps > 0:
             key = repr(
@@ -140,6 +146,11 @@ class QwenVLBackend:
         self._n_saved = 0
         self._guides: OrderedDict[str, Any] = OrderedDict()
         self.stats = {"generated_tokens": 0, "generate_s": 0.0}
+        self.engine: Any = None
+        if cfg.engine == "vllm":  # one colocated vLLM per rank, built on every rank at once, after the model is placed
+            from npo_lab.llm.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(self.name, cfg, self.device, seed, self.banned_ids, self.eos_ids)
 
     def _banned(self, row: Tensor) -> Tensor:
         return (
@@ -182,11 +193,9 @@ class QwenVLBackend:
         behavior = torch.zeros(len(rows), t)
         mask = torch.zeros(len(rows), t)
         for i, r in enumerate(rows):
-            behavior[i, : len(r["ids"])] = torch.tensor(r["behavior"])
+            # current weights: NaN = "not computed"; the trainer's ratio anchor is the same number (no extra pass)
+            behavior[i, : len(r["ids"])] = torch.tensor(r["behavior"]) if r["behavior"] else float("nan")
             mask[i, : len(r["ids"])] = 1.0
-        # rows sampled by the current weights remember the weights' version: until an update (or a load), the
-        # trainer's no-grad log-probs of these rows are their behaviour log-probs and need no second forward
-        version = self._version() if policy is None and self.world.size == 1 else None
         extras = [
             {
                 "pid": p,
@@ -194,9 +203,6 @@ class QwenVLBackend:
                 "text": r["text"],
                 "rewards": r["components"],
                 "trunc": r["trunc"],
-                "version": version,
-                "behavior": torch.tensor(r["behavior"]),
-                "entropy": torch.tensor(r["entropy"]),
             }
             for p, r in zip(pids, rows)
         ]
@@ -216,29 +222,17 @@ class QwenVLBackend:
         if torch.is_grad_enabled() and policy is None:  # the training path: this rank's rows, one pass
             logp, ent = self._forward_logprobs(model, examples, comps)
             return _pad_cols(logp, t), _pad_cols(ent, t)
-        logp = torch.zeros(len(comps), t)
-        ent = torch.zeros(len(comps), t)
-        todo = list(range(len(comps)))
-        if policy is None and self.world.size == 1:
-            version = self._version()
-            for i, e in enumerate(batch.extras):
-                if e.get("version") == version:  # sampled by these very weights: reuse the behaviour forward
-                    logp[i, : len(comps[i])] = e["behavior"]
-                    ent[i, : len(comps[i])] = e["entropy"]
-            todo = [i for i, e in enumerate(batch.extras) if e.get("version") != version]
-            self.stats["reused_rows"] = self.stats.get("reused_rows", 0) + len(comps) - len(todo)
-        # no grad: split rows over ranks (sharded model only), micro-batched, gathered
-        sharded = self.world if model is self.model else World()
-        idx, valid = shard_rows(len(todo), sharded)
-        idx = [todo[i] for i in idx] if todo else []
+        # no grad: split rows over ranks, micro-batched, gathered (every rank then holds every row)
+        idx, valid = shard_rows(len(comps), self.world)
         out: list[tuple[list[float], list[float]]] = []
         for s in range(0, len(idx), self.cfg.micro_batch):
             chunk = idx[s : s + self.cfg.micro_batch]
             with torch.no_grad():
                 lp, en = self._forward_logprobs(model, [examples[i] for i in chunk], [comps[i] for i in chunk])
             out += [(lp[k].tolist(), en[k].tolist()) for k in range(len(chunk))]
-        rows = gather_rows(out, valid, sharded)
-        for i, (lp_row, en_row) in zip(todo, rows):
+        logp = torch.zeros(len(comps), t)
+        ent = torch.zeros(len(comps), t)
+        for i, (lp_row, en_row) in enumerate(gather_rows(out, valid, self.world)):
             n_tok = len(comps[i])
             logp[i, :n_tok] = torch.tensor(lp_row[:n_tok])
             ent[i, :n_tok] = torch.tensor(en_row[:n_tok])
@@ -347,9 +341,12 @@ class QwenVLBackend:
             loss_val = loss.item()
         return loss_val
 
-    def _version(self) -> int:
-        """Changes whenever a trainable weight is modified in place (optimizer step, load)."""
-        return sum(p._version for p in self.model.parameters() if p.requires_grad)
+    def _weights_key(self, policy: Checkpoint | None) -> tuple[str, object]:
+        """Names the sampling weights: a checkpoint's folder, or the current weights' in-place version (every
+        optimizer step and load bumps the version counters of the trainable parameters, DTensors included)."""
+        if policy is not None:
+            return ("checkpoint", str(_as_disk(policy)[0]))
+        return ("current", sum(p._version for p in self.model.parameters() if p.requires_grad))
 
     def _unwrapped(self) -> Any:
         return self.model
@@ -387,54 +384,79 @@ class QwenVLBackend:
         return self._guides[key]
 
     def _prompt_text(self, ex: Example) -> str:
-        return self.processor.apply_chat_template(
+        return self._prompt(ex)["text"]
+
+    def _prompt(self, ex: Example) -> dict[str, Any]:
+        """The processed prompt of one row (chat text, token ids with the image tokens expanded, pixel values,
+        image grids), computed once and cached: a group's G rows, the generation pass and the training pass
+        all reuse it. The cache holds at most ``_CACHE_BYTES`` of pixel values (oldest entries leave first)."""
+        key = (id(ex), ex.index)
+        hit = self._prompts.get(key)
+        if hit is not None:
+            self._prompts.move_to_end(key)
+            return hit
+        text = self.processor.apply_chat_template(
             build_messages(ex, self.cfg.data.system_prompt), tokenize=False, add_generation_prompt=True
         )
+        enc = self.processor(text=[text], images=list(ex.images) or None, return_tensors="pt")
+        n_tok = int(enc["input_ids"].shape[1])
+        if n_tok > self.cfg.max_prompt_tokens:
+            raise ValueError(
+                f"row {ex.index}: the prompt has {n_tok} tokens (text + image), more than "
+                f"llm.max_prompt_tokens={self.cfg.max_prompt_tokens}"
+            )
+        entry = {
+            "text": text,
+            "ids": enc["input_ids"][0],
+            "mm": enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None,
+            "pixels": enc.get("pixel_values"),
+            "grid": enc.get("image_grid_thw"),
+        }
+        size = entry["pixels"].numel() * entry["pixels"].element_size() if entry["pixels"] is not None else 0
+        self._prompts[key] = entry
+        self._prompt_bytes += size
+        entry["bytes"] = size
+        while self._prompt_bytes > _CACHE_BYTES and len(self._prompts) > 1:
+            _, old = self._prompts.popitem(last=False)
+            self._prompt_bytes -= old["bytes"]
+        return entry
 
-    def _encode_prompts(self, examples: Sequence[Example]) -> dict[str, Tensor]:
-        texts = [self._prompt_text(ex) for ex in examples]
-        images = [im for ex in examples for im in ex.images]
-        enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
-        lengths = enc["attention_mask"].sum(-1)
-        for ex, n_tok in zip(examples, lengths.tolist()):
-            if n_tok > self.cfg.max_prompt_tokens:
-                raise ValueError(
-                    f"row {ex.index}: the prompt has {n_tok} tokens (text + image), more than "
-                    f"llm.max_prompt_tokens={self.cfg.max_prompt_tokens}"
-                )
-        return dict(enc)
+    def _batch_inputs(self, examples: Sequence[Example], comps: Sequence[list[int]] | None = None) -> dict[str, Any]:
+        """Left-padded model inputs for prompts (+ completions): input_ids, attention_mask, mm_token_type_ids,
+        pixel_values and image_grid_thw in row order, on the device."""
+        prompts = [self._prompt(ex) for ex in examples]
+        seqs, types = [], []
+        for i, pr in enumerate(prompts):
+            c = list(comps[i]) if comps is not None else []
+            seqs.append(pr["ids"].tolist() + c)
+            if pr["mm"] is not None:
+                types.append(pr["mm"].tolist() + [0] * len(c))
+        length = max(len(q) for q in seqs)
+        input_ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        attn = torch.zeros(len(seqs), length, dtype=torch.long)
+        for i, q in enumerate(seqs):  # left padding: every row ends at the last position
+            input_ids[i, length - len(q) :] = torch.tensor(q)
+            attn[i, length - len(q) :] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attn}
+        if types:
+            mtt = torch.zeros(len(seqs), length, dtype=torch.long)
+            for i, q in enumerate(types):
+                mtt[i, length - len(q) :] = torch.tensor(q)
+            inputs["mm_token_type_ids"] = mtt
+        pixels = [pr["pixels"] for pr in prompts if pr["pixels"] is not None]
+        if pixels:  # packed over images as [total_patches, dim]: concatenated in row order
+            inputs["pixel_values"] = torch.cat(pixels)
+            inputs["image_grid_thw"] = torch.cat([pr["grid"] for pr in prompts if pr["grid"] is not None])
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
 
     def _forward_logprobs(
         self, model: Any, examples: Sequence[Example], comps: Sequence[list[int]]
     ) -> tuple[Tensor, Tensor]:
         """(rows, T) log-probs and entropies of completions ``comps`` after their prompts, T = longest."""
-        enc = self._encode_prompts(examples)
-        ids, am = enc["input_ids"], enc["attention_mask"]
-        mm = enc.get("mm_token_type_ids")
-        seqs, types = [], []
-        for i, c in enumerate(comps):
-            keep = am[i].bool()
-            seqs.append(ids[i][keep].tolist() + list(c))
-            if mm is not None:
-                types.append(mm[i][keep].tolist() + [0] * len(c))
-        length = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        attn = torch.zeros(len(seqs), length, dtype=torch.long)
-        for i, s in enumerate(seqs):  # left padding: every completion ends at the last position
-            input_ids[i, length - len(s) :] = torch.tensor(s)
-            attn[i, length - len(s) :] = 1
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attn}
-        if mm is not None:
-            mtt = torch.zeros(len(seqs), length, dtype=torch.long)
-            for i, s in enumerate(types):
-                mtt[i, length - len(s) :] = torch.tensor(s)
-            inputs["mm_token_type_ids"] = mtt
-        for k in ("pixel_values", "image_grid_thw"):
-            if k in enc:
-                inputs[k] = enc[k]
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        inputs = self._batch_inputs(examples, comps)
         t = max(len(c) for c in comps)
         logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits  # (rows, t + 1, V)
         k = logits.shape[1]
@@ -455,43 +477,61 @@ class QwenVLBackend:
         import time
 
         model = self._policy_model(policy)
-        sharded = self.world if model is self.model else World()
+        # each rank samples its share of the rows (a guide model too), then every rank gets every row: the batch,
+        # and so every decision taken from it, is the same on all ranks
+        sharded = self.world
         idx, valid = shard_rows(len(examples), sharded)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.gen).item())
         was_training = model.training
         model.eval()
         local: list[dict[str, Any]] = []
+        # vLLM samples the current weights from its own copy (reloaded when they changed); a checkpoint's rows (the
+        # guide, a teacher) come from its cached HF model, so alternating guide and policy never reloads vLLM
+        engine = self.engine if policy is None else None
+        if engine is not None:
+            engine.sync(model, self._weights_key(policy))
+            self.stats.update(vllm_syncs=engine.stats["syncs"], vllm_sync_s=engine.stats["sync_s"])
         t0 = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + sharded.rank)  # sampling depends on the backend's generator only
-            for s in range(0, len(idx), self.cfg.micro_batch):
-                chunk = [examples[i] for i in idx[s : s + self.cfg.micro_batch]]
-                enc = {k: v.to(self.device) for k, v in self._encode_prompts(chunk).items()}
-                if "pixel_values" in enc:
-                    enc["pixel_values"] = enc["pixel_values"].to(self.dtype)
-                kw: dict[str, Any] = dict(max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.pad_id)
-                kw["eos_token_id"] = self.eos_ids
-                if self.banned_ids:
-                    kw["suppress_tokens"] = self.banned_ids
-                if greedy:
-                    kw.update(do_sample=False)
-                else:
-                    kw.update(do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
-                out = model.generate(**enc, **kw, synced_gpus=sharded.size > 1)
-                new = out[:, enc["input_ids"].shape[1] :].tolist()
+            if engine is not None:  # this rank's rows in one call; the prompts are checked (and cached) first
+                chunk = [examples[i] for i in idx]
+                texts = [self._prompt_text(ex) for ex in chunk]
+                images = [list(ex.images) for ex in chunk]
+                new = engine.generate(texts, images, greedy=greedy, seed=seed + sharded.rank)
                 for ex, toks in zip(chunk, new):
                     ids, trunc = _cut(toks, self.eos_ids, self.pad_id)
                     local.append({"ids": ids, "trunc": trunc, "ex": ex})
+            else:
+                for s in range(0, len(idx), self.cfg.micro_batch):
+                    chunk = [examples[i] for i in idx[s : s + self.cfg.micro_batch]]
+                    enc = self._batch_inputs(chunk)
+                    kw: dict[str, Any] = dict(max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.pad_id)
+                    kw["eos_token_id"] = self.eos_ids
+                    if self.banned_ids:
+                        kw["suppress_tokens"] = self.banned_ids
+                    if greedy:
+                        kw.update(do_sample=False)
+                    else:
+                        kw.update(do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
+                    out = model.generate(**enc, **kw, synced_gpus=sharded.size > 1)
+                    new = out[:, enc["input_ids"].shape[1] :].tolist()
+                    for ex, toks in zip(chunk, new):
+                        ids, trunc = _cut(toks, self.eos_ids, self.pad_id)
+                        local.append({"ids": ids, "trunc": trunc, "ex": ex})
         self.stats["generate_s"] += time.perf_counter() - t0
         self.stats["generated_tokens"] += sum(len(r["ids"]) for r in local[:valid])
-        # behaviour log-probs under the sampling model, on the same rows (training forward path)
-        for s in range(0, len(local), self.cfg.micro_batch):
-            part = local[s : s + self.cfg.micro_batch]
-            lp, en = self._forward_logprobs(model, [r["ex"] for r in part], [r["ids"] for r in part])
-            for k, r in enumerate(part):
-                r["behavior"] = lp[k, : len(r["ids"])].tolist()
-                r["entropy"] = en[k, : len(r["ids"])].tolist()
+        # behaviour log-probs of a checkpoint's rows (a guide, a teacher): a forward pass of that model on the
+        # training path. Rows of the current weights skip it: the trainer's ratio anchor is the same quantity.
+        for r in local:
+            r["behavior"] = []
+        if policy is not None and not greedy:
+            for s in range(0, len(local), self.cfg.micro_batch):
+                part = local[s : s + self.cfg.micro_batch]
+                lp, _ = self._forward_logprobs(model, [r["ex"] for r in part], [r["ids"] for r in part])
+                for k, r in enumerate(part):
+                    r["behavior"] = lp[k, : len(r["ids"])].tolist()
         texts = [self.tokenizer.decode(r["ids"], skip_special_tokens=True) for r in local]
         totals, comps = self.rewards.score(
             [self._prompt_text(r["ex"]) for r in local],
@@ -505,7 +545,6 @@ class QwenVLBackend:
                 "ids": r["ids"],
                 "trunc": r["trunc"],
                 "behavior": r["behavior"],
-                "entropy": r["entropy"],
                 "text": text,
                 "reward": float(total),
                 "components": {name: vals[i] for name, vals in comps.items()},

@@ -181,4 +181,6 @@ class LLMConfig:
             self.vllm_gpu_memory_utilization,
             "in (0, 1)",
         )
+        if self.engine == "vllm":
+            _check(self.temperature <= 2, "llm.temperature", self.temperature, "<= 2 with llm.engine='vllm'")
         _check_choices(self, "llm")

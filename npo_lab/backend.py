@@ -46,7 +46,9 @@ class Backend(Protocol):
 
         ``policy=None`` samples from the current weights; a checkpoint from :meth:`save` samples from that
         saved policy (the near-future guide) without changing the current weights.
-        ``behavior_logprobs`` are the sampling policy's log-probs of the sampled tokens."""
+        ``behavior_logprobs`` are the sampling policy's log-probs of the sampled tokens. A backend whose sampler does
+        not produce them for free may leave them NaN on rows of the current weights (``policy=None``): they equal
+        the ratio anchor ``old_logprobs``, and the trainer fills them in when it computes that (no extra pass)."""
         ...
 
     def logprobs(self, batch: RolloutBatch, policy: Checkpoint | None = None) -> tuple[Tensor, Tensor | None]:

@@ -5,7 +5,8 @@ Names used everywhere in npo_lab (defined once, here):
 * ``B``: rows in a batch (prompts x G for group sampling), ``T``: tokens (LLM) or steps (gym).
 * ``behavior_logprobs`` (B, T): log-probs under the policy that *sampled* the row: pi_t for on-policy
   rows, pi_{t+Delta} for near-future guide rows. Needed for the variance cost V and for the
-  ``importance`` guide treatment.
+  ``importance`` guide treatment. NaN on rows a backend sampled from the current weights without computing
+  them; the trainer fills them with ``old_logprobs`` (the same quantity) before the update.
 * ``old_logprobs`` (B, T): log-probs under the current policy before the update, recomputed with the
   training forward path. The PPO/GRPO ratio anchor.
 * ``logprobs`` (B, T): log-probs under the current weights, differentiable (computed in the loss).

@@ -85,16 +85,22 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     batch_metrics = getattr(backend, "batch_metrics", None)  # optional: per-reward, on-policy vs guide rows
     if batch_metrics is not None:
         m.update(batch_metrics(b))
+    mb_size = grpo.minibatch_size or grpo.batch_size
+    # one epoch, one minibatch: the policy does not move before every row has been through the update forward,
+    # so that forward's detached log-probs are the ratio anchor and no separate no-grad pass is needed (as TRL
+    # with num_iterations = 1); otherwise old_logprobs are recomputed before the update, guide rows included
+    single_pass = grpo.epochs == 1 and mb_size >= b.size
+    old_entropy = None
     with timed(m, "logprobs"), torch.no_grad():
-        # the ratio anchor is recomputed with the training forward path, guide rows included
-        old, old_entropy = backend.logprobs(b)
-        ref = backend.logprobs(b, policy=state.ref_policy)[0] if state.ref_policy is not None else None
-        b = b.replace(old_logprobs=old.detach(), ref_logprobs=None if ref is None else ref.detach())
+        if not single_pass:
+            old, old_entropy = backend.logprobs(b)
+            b = _with_old(b, old.detach())
+        if state.ref_policy is not None:
+            b = b.replace(ref_logprobs=backend.logprobs(b, policy=state.ref_policy)[0].detach())
     with timed(m, "adv"):
         advantages, am = group_advantages(b.rewards, b.group_ids, grpo.advantage)
         m.update(am)
 
-    mb_size = grpo.minibatch_size or grpo.batch_size
     # sum_norm's constant C defaults to the padded length of the whole batch, the same for every minibatch
     norm_constant = grpo.norm_constant or float(b.mask.shape[1])
     loss_kw = dict(
@@ -108,12 +114,17 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
         **guide_kw,
     )
     lms: list[dict[str, float]] = []
+    seen = {"old": torch.zeros_like(b.mask), "entropy": torch.zeros_like(b.mask), "has_entropy": True}
+    seen = seen if single_pass else None
     with timed(m, "update"):
         for _epoch in range(grpo.epochs):
             perm = torch.randperm(b.size) if mb_size < b.size else torch.arange(b.size)
             for start in range(0, b.size, mb_size):
-                lm = update_minibatch(state, b, advantages, perm[start : start + mb_size], grpo, loss_kw)
+                lm = update_minibatch(state, b, advantages, perm[start : start + mb_size], grpo, loss_kw, seen)
                 lms.append(lm)
+    if seen is not None:  # the anchor and the entropies the update forward saw, for the guide source
+        b = _with_old(b, seen["old"])
+        old_entropy = seen["entropy"] if seen["has_entropy"] else None
 
     # loss/ and policy/ metrics: mean over every minibatch of every epoch (as verl and TRL report them)
     for k in sorted({k for d in lms for k in d}):
@@ -133,6 +144,13 @@ def _normalizer(mask: torch.Tensor, aggregation: str) -> float:
     return float(mask.sum().item()) if aggregation == "token_mean" else float(mask.shape[0])
 
 
+def _with_old(b: RolloutBatch, old: torch.Tensor) -> RolloutBatch:
+    """``b`` with its ratio anchor set; rows whose behaviour log-probs the backend left as NaN (rows it sampled
+    from the current weights without a separate forward) get the anchor, which is the same quantity."""
+    behavior = torch.where(torch.isnan(b.behavior_logprobs), old, b.behavior_logprobs)
+    return b.replace(old_logprobs=old, behavior_logprobs=behavior)
+
+
 def update_minibatch(
     state: TrainState,
     b: RolloutBatch,
@@ -140,6 +158,7 @@ def update_minibatch(
     mb_idx: torch.Tensor,
     grpo: GRPOConfig,
     loss_kw: dict[str, Any],
+    seen: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """One optimiser step on rows ``mb_idx`` of ``b``, in micro-batches of ``grpo.micro_batch_size`` rows.
 
@@ -148,7 +167,11 @@ def update_minibatch(
     the minibatch's loss. A data-parallel backend (optional ``world_size`` and ``rank`` attributes, e.g. FSDP2)
     gets rows ``rank::world_size`` of the minibatch and its loss is scaled by ``world_size``, because the
     gradients are averaged over ranks; every rank runs the same number of micro-batches (a rank whose share is
-    used up runs a zero-weight pass), as sharded models need."""
+    used up runs a zero-weight pass), as sharded models need.
+
+    ``seen`` (``{"old": (B, T), "entropy": (B, T), "has_entropy": bool}``) switches on the single-pass mode: each
+    row's ratio anchor is its own detached log-probs from this forward (exact when no optimiser step happens
+    before every row has been seen); both are written into ``seen`` for every row, those of other ranks too."""
     backend = state.backend
     world, rank = int(getattr(backend, "world_size", 1)), int(getattr(backend, "rank", 0))
     mb_mask = b.mask[mb_idx]
@@ -165,9 +188,13 @@ def update_minibatch(
             idx, weight = mb_idx[:1], 0.0
         mb = b.select(idx)
         logp, ent = backend.logprobs(mb)  # (mb, T), differentiable
+        old = mb.old_logprobs
+        if seen is not None:
+            old = logp.detach()
+            mb = _with_old(mb, old)
         loss, lm = policy_loss(
             logp,
-            mb.old_logprobs,
+            old,
             advantages[idx],
             mb.mask,
             is_guide=mb.is_guide,
@@ -182,6 +209,8 @@ def update_minibatch(
         (loss * (share * world)).backward()
         if weight:
             parts.append((share, lm))
+        if seen is not None:  # every rank records every micro-batch (a collective under data parallelism)
+            _record(seen, idx if weight else idx[:0], old, ent, world)
     params = [p for g in state.optimizer.param_groups for p in g["params"]]
     gn = torch.nn.utils.clip_grad_norm_(params, grpo.max_grad_norm or float("inf"))
     if hasattr(gn, "full_tensor"):  # sharded parameters (FSDP2): the norm is a DTensor
@@ -198,6 +227,26 @@ def update_minibatch(
         lm = _mean_over_ranks(lm, world)
     lm["policy/grad_norm"] = gn.item()
     return lm
+
+
+def _record(seen: dict[str, Any], idx: torch.Tensor, old: torch.Tensor, ent: Any, world: int) -> None:
+    """Write one micro-batch's detached log-probs and entropies into ``seen``'s (B, T) buffers, from every rank."""
+    if ent is None:
+        seen["has_entropy"] = False
+    n = len(idx)
+    ent_d = torch.zeros_like(old) if ent is None else ent.detach()
+    parts = [(idx.cpu(), old.detach()[:n].cpu(), ent_d[:n].cpu())]
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, parts[0])
+        parts = gathered
+    t = seen["old"].shape[1]
+    for rows, lp, en in parts:
+        if len(rows):
+            seen["old"][rows, : min(t, lp.shape[1])] = lp[:, :t]
+            seen["entropy"][rows, : min(t, en.shape[1])] = en[:, :t]
 
 
 def _mean_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:

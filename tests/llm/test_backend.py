@@ -77,36 +77,38 @@ def test_rollout_shapes_rewards_and_behaviour_logprobs(make_backend):
     assert set(b.rewards.tolist()) <= {0.0, 1.0}
     lengths = b.mask.sum(-1).long().tolist()
     assert lengths == [len(e["ids"]) for e in b.extras] and max(lengths) <= 6
+    # rows of the current weights skip the behaviour forward (NaN): the trainer's anchor is the same number
+    assert torch.isnan(b.behavior_logprobs[b.mask.bool()]).all()
     with torch.no_grad():
         lp, ent = be.logprobs(b)
-    # behaviour log-probs come from the same forward path: equal for the current weights
-    torch.testing.assert_close(lp, b.behavior_logprobs * b.mask, rtol=0, atol=1e-5)
     assert (lp[b.mask.bool()] < 0).all() and (ent[b.mask.bool()] > 0).all()
     assert all(be.tokenizer.decode(e["ids"], skip_special_tokens=True) == e["text"] for e in b.extras)
     # no vision placeholder is ever generated (it would break the image-feature count)
     assert not any(i in be.banned_ids for e in b.extras for i in e["ids"].tolist())
+    # a checkpoint's rows carry that policy's log-probs, from the same forward path
+    ck = be.save()
+    g = be.rollout([0, 1], 4, policy=ck)
+    with torch.no_grad():
+        lp_g, _ = be.logprobs(g, policy=ck)
+    torch.testing.assert_close(g.behavior_logprobs * g.mask, lp_g, rtol=0, atol=1e-5)
 
 
-def test_no_grad_logprobs_reuse_the_behaviour_forward_only_while_the_weights_are_unchanged(make_backend):
+@pytest.mark.parametrize("minibatch", [0, 4])  # single pass, and a separate no-grad pass before two minibatches
+def test_the_trainer_fills_nan_behaviour_with_the_anchor_in_both_update_modes(make_backend, minibatch):
+    grpo = dataclasses.replace(GRPO, minibatch_size=minibatch)
     be = make_backend()
-    b = be.rollout([0, 1], 4)
-    with torch.no_grad():
-        reused, ent_reused = be.logprobs(b)
-    assert be.stats["reused_rows"] == b.size
-    with torch.no_grad():
-        for p in be.model.parameters():
-            p.add_(0.0)  # an in-place write: same values, new version -> a real forward
-        computed, ent_computed = be.logprobs(b)
-    assert be.stats["reused_rows"] == b.size  # nothing reused the second time
-    torch.testing.assert_close(reused, computed, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ent_reused, ent_computed, rtol=0, atol=1e-5)
-    state = make_state(be, GRPO, seed=0)
-    state.optimizer.zero_grad()
-    (-be.logprobs(b)[0].sum()).backward()
-    state.optimizer.step()  # Adam's in-place update bumps the version: stale behaviour log-probs are not reused
-    with torch.no_grad():
-        after, _ = be.logprobs(b)
-    assert not torch.allclose(after, computed, atol=1e-4)
+    state = make_state(be, grpo, seed=0)
+    seen = {}
+
+    class Spy(NearFutureGuide):
+        def after_step(self, state, batch, entropy, metrics, rollout):
+            seen["batch"], seen["entropy"] = batch, entropy
+
+    grpo_step(state, grpo, Spy(NPOConfig(interventions=()), total_steps=10))
+    b = seen["batch"]
+    assert not torch.isnan(b.behavior_logprobs).any() and not torch.isnan(b.old_logprobs).any()
+    torch.testing.assert_close(b.behavior_logprobs, b.old_logprobs)
+    assert (b.old_logprobs[b.mask.bool()] < 0).all() and (seen["entropy"][b.mask.bool()] > 0).all()
 
 
 def reference_logprobs(be: QwenVLBackend, b) -> torch.Tensor:

@@ -20,11 +20,20 @@ def sparse_length(prompts, completions, **columns):
 '''
 
 
-def test_fsdp2_npo_steps_on_two_cpu_processes(tmp_path):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"],
+    # the shipped accelerate config, with the process count overridden (accelerate runs torch.distributed.run)
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(HERE.parents[1] / "configs" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2",
+                   "--main_process_port", "29518"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_fsdp2_npo_steps_on_two_cpu_processes(tmp_path, launcher):
     (tmp_path / "npo_test_rewards.py").write_text(REWARD_MODULE)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(HERE / "fsdp_worker.py"), str(tmp_path)]  # fmt: skip
+    cmd = [*LAUNCHERS[launcher], str(HERE / "fsdp_worker.py"), str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
