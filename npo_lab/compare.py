@@ -14,6 +14,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -459,24 +460,24 @@ def compare(
         ctx = mp.get_context("spawn")  # no fork after torch has started threads
         with ctx.Manager() as manager:
             q = manager.Queue()
-            pool = ctx.Pool(workers)
+            # ProcessPoolExecutor's workers are not daemonic, so a backend may start processes of its own (the
+            # qwen-vl backend grades with math-verify in killable worker processes)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx)
             try:
-                pending = [pool.apply_async(run_seed, (job, q)) for job in jobs]
-                while not all(a.ready() for a in pending):
-                    if any(a.ready() and not a.successful() for a in pending):
+                pending = [pool.submit(run_seed, job, q) for job in jobs]
+                while not all(f.done() for f in pending):
+                    if any(f.done() and f.exception() is not None for f in pending):
                         break  # a seed failed: report it now rather than after the others finish
                     try:
                         bar.update(q.get(timeout=0.2))
                     except queue.Empty:
                         pass
-                for a in pending:
-                    results += a.get()  # re-raises a worker's error here
-                pool.close()
+                for f in pending:
+                    results += f.result()  # re-raises a worker's error here
+                pool.shutdown(wait=True)
             except BaseException:
-                pool.terminate()  # Ctrl-C, SIGTERM or a failed seed: stop every worker, leave no orphans
+                _terminate(pool)  # Ctrl-C, SIGTERM or a failed seed: stop every worker, leave no orphans
                 raise
-            finally:
-                pool.join()
             while not q.empty():
                 bar.update(q.get())
     bar.close()
@@ -489,6 +490,16 @@ def compare(
     plot_curves(doc, out / "curves.png")
     write_report(doc, out / "report.md", command, seeds, wall)
     return doc
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop every worker of ``pool`` now (the executor has no public way before Python 3.14)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(timeout=10)
 
 
 class _BarQueue:

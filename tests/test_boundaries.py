@@ -71,6 +71,7 @@ def test_llm_never_imports_envs_or_gymnasium():
             "npo_lab.llm.dist",
             "npo_lab.llm.backend",
             "npo_lab.llm.plan",
+            "npo_lab.llm.vllm_engine",
         ]
     )
     assert not {m for m in mods if m.startswith("npo_lab.envs") or m.split(".")[0] in ("gymnasium", "gym")}
