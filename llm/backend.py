@@ -107,10 +107,22 @@ class QwenVLBackend:
         # vision placeholders are never actions: a completion holding one would break the image-feature count
         vision = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
         self.banned_ids = sorted({i for i in self.tokenizer.convert_tokens_to_ids(list(vision)) if _is_id(i, self)})
+        if cfg.lora_r > 0 and self.world.size > 1:
+            raise ValueError(
+                "llm.lora_r > 0 runs in one process only (LoRA is the single-GPU path); with several processes "
+                "use full fine-tuning, which FSDP2 shards"
+            )
         with torch.random.fork_rng():  # LoRA init draws from the global RNG: make it a function of the seed
             torch.manual_seed(seed)
             model = prepare_trainable(load_model(self.name, self.dtype, cfg.attn_implementation), cfg)
+        # trainable weights are float32 master weights (a bf16 weight would round most small Adam updates away);
+        # the forward passes run in llm.dtype under autocast, frozen weights stay in llm.dtype
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
         self.model = model.to(self.device)
+        self.model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is off
+        self.entropy_grad = True  # make_state turns it off when no loss term uses the entropy's gradient
         self.counts = param_counts(self.model)
         self.train_set, self.data_stats = load_split(cfg.data, "train")
         self.eval_set, _ = load_split(cfg.data, "eval")
@@ -127,7 +139,7 @@ class QwenVLBackend:
             state, self.warm_start_loss = _WARM[key]
             self.model.load_state_dict(state)
         if self.world.size > 1:
-            fully_shard_qwen_vl(self.model)
+            fully_shard_qwen_vl(self.model, self.dtype)
             # FSDP2 initialises from the root module's first forward; generate() would reach the vision tower
             # first, so run one tiny forward through the root now
             with torch.no_grad():
@@ -256,19 +268,24 @@ class QwenVLBackend:
             from peft import set_peft_model_state_dict
 
             result = set_peft_model_state_dict(self._unwrapped(), state)
-            missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-            if missing:
-                raise ValueError(f"checkpoint {path}: adapter keys do not match the model: {missing[:3]}")
-        elif self.world.size > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+            unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+            if unexpected:
+                raise ValueError(f"checkpoint {path}: adapter keys do not match the model: {unexpected[:3]}")
         else:
-            own = self.model.state_dict()
-            missing = sorted(set(own) - set(state))
+            missing = _missing_weights(self.model, state)
             if missing:
                 raise ValueError(f"checkpoint {path} lacks {len(missing)} weights of the model, e.g. {missing[:3]}")
-            self.model.load_state_dict({k: state[k] for k in own}, strict=True)
+            if self.world.size > 1:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+            else:
+                own = self.model.state_dict()
+                with torch.no_grad():
+                    for k, v in state.items():
+                        if k in own:
+                            own[k].copy_(v)  # in place, in the parameter's own dtype (float32 master weights)
+        barrier(self.world)  # rank 0 may delete a temporary folder once its handle is gone: all ranks have read it
         if rng is not None:
             self.gen.set_state(rng)
 
@@ -341,6 +358,15 @@ class QwenVLBackend:
             loss_val = loss.item()
         return loss_val
 
+    def _autocast(self) -> Any:
+        """Forward passes in llm.dtype over float32 master weights (FSDP2's mixed-precision policy does it for a
+        sharded model)."""
+        import contextlib
+
+        if self.dtype == torch.float32 or self.world.size > 1:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
     def _weights_key(self, policy: Checkpoint | None) -> tuple[str, object]:
         """Names the sampling weights: a checkpoint's folder, or the current weights' in-place version (every
         optimizer step and load bumps the version counters of the trainable parameters, DTensors included)."""
@@ -374,6 +400,8 @@ class QwenVLBackend:
             return self.model
         path, _ = _as_disk(policy)
         key = str(path)
+        for stale in [k for k in self._guides if k.startswith(str(self.scratch)) and not Path(k).exists()]:
+            del self._guides[stale]  # its checkpoint was released (an old guide): free the memory now
         if key not in self._guides:
             model = load_model(key, self.dtype, self.cfg.attn_implementation).to(self.device).eval()
             model.requires_grad_(False)
@@ -458,7 +486,8 @@ class QwenVLBackend:
         """(rows, T) log-probs and entropies of completions ``comps`` after their prompts, T = longest."""
         inputs = self._batch_inputs(examples, comps)
         t = max(len(c) for c in comps)
-        logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits  # (rows, t + 1, V)
+        with self._autocast():
+            logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits  # (rows, t + 1, V)
         k = logits.shape[1]
         logps, ents = [], []
         for i, c in enumerate(comps):  # row by row in float32: bounded memory for a 150k vocabulary
@@ -467,8 +496,9 @@ class QwenVLBackend:
             lsm = F.log_softmax(row, -1)
             target = torch.tensor(c, device=lsm.device).unsqueeze(-1)
             logps.append(F.pad(lsm.gather(-1, target).squeeze(-1), (0, t - n_tok)))
-            p = lsm.exp()
-            ents.append(F.pad(-(p * lsm.masked_fill(p == 0, 0.0)).sum(-1), (0, t - n_tok)))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_grad):  # no graph if unused
+                p = lsm.exp()
+                ents.append(F.pad(-(p * lsm.masked_fill(p == 0, 0.0)).sum(-1), (0, t - n_tok)))
         return torch.stack(logps).cpu(), torch.stack(ents).cpu()
 
     @torch.no_grad()
@@ -491,6 +521,19 @@ class QwenVLBackend:
         if engine is not None:
             engine.sync(model, self._weights_key(policy))
             self.stats.update(vllm_syncs=engine.stats["syncs"], vllm_sync_s=engine.stats["sync_s"])
+        # a complete generation config: nothing is inherited from the checkpoint's generation_config.json (its
+        # top_k, repetition penalty, ...), so sampling is exactly the distribution the log-probs are taken under
+        from transformers import GenerationConfig
+
+        sampling = {} if greedy else dict(temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy,
+            max_new_tokens=self.cfg.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+            suppress_tokens=self.banned_ids or None,
+            **sampling,
+        )
         t0 = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -507,15 +550,8 @@ class QwenVLBackend:
                 for s in range(0, len(idx), self.cfg.micro_batch):
                     chunk = [examples[i] for i in idx[s : s + self.cfg.micro_batch]]
                     enc = self._batch_inputs(chunk)
-                    kw: dict[str, Any] = dict(max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.pad_id)
-                    kw["eos_token_id"] = self.eos_ids
-                    if self.banned_ids:
-                        kw["suppress_tokens"] = self.banned_ids
-                    if greedy:
-                        kw.update(do_sample=False)
-                    else:
-                        kw.update(do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0)
-                    out = model.generate(**enc, **kw, synced_gpus=sharded.size > 1)
+                    with self._autocast():
+                        out = model.generate(**enc, generation_config=gen_cfg, synced_gpus=sharded.size > 1)
                     new = out[:, enc["input_ids"].shape[1] :].tolist()
                     for ex, toks in zip(chunk, new):
                         ids, trunc = _cut(toks, self.eos_ids, self.pad_id)
@@ -564,6 +600,18 @@ def _cut(tokens: list[int], eos_ids: list[int], pad_id: int) -> tuple[list[int],
     while tokens and tokens[-1] == pad_id and pad_id not in eos_ids:
         tokens = tokens[:-1]
     return (tokens or [eos_ids[0]]), True
+
+
+def _missing_weights(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """Weights of ``model`` that ``state`` lacks; tied weights (one parameter under several names, e.g. lm_head and
+    the input embeddings of Qwen3-VL-2B/4B, which save_pretrained writes once) count as present under any name."""
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    alias = {n for names in groups.values() if len(names) > 1 for n in names}
+    missing = [k for k in model.state_dict() if k not in state and k not in alias]
+    missing += [names[0] for names in groups.values() if len(names) > 1 and not any(n in state for n in names)]
+    return missing
 
 
 def _is_id(i: Any, be: QwenVLBackend) -> bool:

@@ -117,7 +117,9 @@ class LLMConfig:
     """A Hugging Face id (e.g. Qwen/Qwen3-VL-8B-Instruct), a local folder written by save_pretrained, or 'tiny':
     a randomly initialised ~250k-parameter Qwen3-VL with a locally trained tokenizer (CPU, tests, tutorials)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype; auto = bfloat16 on a GPU, float32 on CPU."""
+    """Compute dtype (forward passes under autocast, or FSDP2's mixed precision); auto = bfloat16 on a GPU,
+    float32 on CPU. Trainable weights are kept in float32 (master weights: a bf16 weight would round small Adam
+    updates away), frozen ones in this dtype; guide models load in it."""
     device: str = "auto"
     """auto = cuda:<local rank> when a GPU is visible, else cpu."""
     attn_implementation: str = "sdpa"
@@ -143,7 +145,8 @@ class LLMConfig:
     top_p: float = 1.0
     """Nucleus sampling; 1 = off (log-probs are of the untruncated tempered distribution)."""
     micro_batch: int = 8
-    """Rows per forward pass (log-probs, generation); gradients accumulate over micro-batches."""
+    """Rows per generation pass and per no-grad log-prob pass (the gradient micro-batch is
+    grpo.micro_batch_size)."""
     engine: Literal["hf", "vllm"] = "hf"
     """Rollout engine: hf (transformers generate; CPU and GPU, tested) or vllm (GPU only; install profile
     '.[vllm]' in its own environment; weights are synced after every update)."""
@@ -151,7 +154,8 @@ class LLMConfig:
     """vllm: fraction of GPU memory its KV cache may take (it shares the GPU with training)."""
     scratch_dir: str = ""
     """Where look-ahead checkpoints (save_pretrained folders) go; empty = a temporary folder. Each is about
-    2 bytes x parameters (16 GB for 8B in bf16)."""
+    4 bytes x trainable parameters (float32 master weights: 32 GiB for a full 8B run; a LoRA run writes only the
+    adapter)."""
     teacher: str = ""
     """luffy only: the external teacher (a hub id or folder of a stronger model sharing the tokenizer)."""
     tiny_seed: int = 0

@@ -66,19 +66,27 @@ def all_mean(values: dict[str, float], counts: float, world: World) -> dict[str,
     return {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
 
 
-def fully_shard_qwen_vl(model: Any) -> Any:
-    """FSDP2: shard each language-model decoder layer and each vision block, then the root module."""
-    from torch.distributed.fsdp import fully_shard
+def fully_shard_qwen_vl(model: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """FSDP2: shard each language-model decoder layer and each vision block, the vision tower, then the root
+    module. With ``dtype`` below float32 the float32 master weights are gathered and computed in ``dtype``, and
+    gradients are reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = (
+        {}
+        if dtype == torch.float32
+        else {"mp_policy": MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)}
+    )
 
     layers = ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock", "Qwen3VLMoeTextDecoderLayer", "Qwen3VLMoeVisionBlock")
     for module in model.modules():
         if type(module).__name__ in layers:
-            fully_shard(module)
+            fully_shard(module, **mp)
     # generate() calls the vision tower directly (not through the root's forward): it needs its own unit
     for module in model.modules():
         if type(module).__name__ in ("Qwen3VLVisionModel", "Qwen3VLMoeVisionModel"):
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, **mp)
+    fully_shard(model, **mp)
     return model
 
 

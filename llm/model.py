@@ -134,7 +134,7 @@ def build_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(tokenizer: Any, hidden: int = 64, layers: int = 2) -> Qwen3VLConfig:
+def tiny_config(tokenizer: Any, hidden: int = 64, layers: int = 2, tie: bool = False) -> Qwen3VLConfig:
     """A Qwen3-VL config small enough for CPU tests (2 text layers of width 64, a 2-block vision tower)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = 16
@@ -176,12 +176,13 @@ def tiny_config(tokenizer: Any, hidden: int = 64, layers: int = 2) -> Qwen3VLCon
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
 
 
-def write_tiny_model(folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3-VL (weights from ``seed``), its tokenizer and processor to ``folder``."""
+def write_tiny_model(folder: str | Path, seed: int = 0, tie: bool = False) -> Path:
+    """Write a tiny random Qwen3-VL (weights from ``seed``; ``tie``: lm_head shares the input embeddings, as in
+    Qwen3-VL-2B/4B), its tokenizer and processor to ``folder``."""
     folder = Path(folder)
     tokenizer = build_tiny_tokenizer()
     image_processor = _pil_image_processor_class()(
@@ -197,7 +198,7 @@ def write_tiny_model(folder: str | Path, seed: int = 0) -> Path:
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(tiny_config(tokenizer))
+        model = Qwen3VLForConditionalGeneration(tiny_config(tokenizer, tie=tie))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
@@ -274,7 +275,11 @@ def prepare_trainable(model: Any, cfg: LLMConfig) -> Any:
             if is_vision_param(n):
                 p.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if cfg.lora_r > 0:
             model.enable_input_require_grads()
     return model

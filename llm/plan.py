@@ -3,15 +3,19 @@
 The model's shape comes from ``config.json`` of a local folder, or from the table below for the public Qwen3-VL
 ids (numbers read from their published config.json files). The estimate is an order-of-magnitude planning aid:
 
-    weights      P x b / W                      (FSDP2 shards over W ranks; b = bytes per parameter)
-    gradients    P_train x b / W
-    Adam         2 x P_train x b / W            (torch Adam keeps its moments in the parameters' dtype)
-    guide model  P x b                          (NPO/AutoNPO/LUFFY load pi_{t+Delta} unsharded on every rank)
+    weights      (4 P_train + b P_frozen) / W   (FSDP2 shards over W ranks; trainable weights are float32 master
+                                                 weights, frozen ones b = bytes of llm.dtype)
+    gradients    4 P_train / W
+    Adam         8 P_train / W                  (two float32 moments)
+    guide model  P x b                          (NPO/AutoNPO/LUFFY/RLEP load a checkpoint unsharded on every rank;
+                                                 a second one is cached with the reference policy)
     reference    P x b                          (only when grpo.kl_coef > 0)
-    activations  34 x s x r x h x L x b / 2     (Korthikanti et al. 2022, no recomputation; 2 x s x r x h x L x b
-                                                 with gradient checkpointing), s = prompt + response tokens,
-                                                 r = rows per micro-batch
-    log-probs    3 x response x V x 4           (one row at a time in float32: logits, log-softmax, entropy)
+    activations  17 x s x r x h x L x b         (Korthikanti et al. 2022: 34 s r h bytes per layer in 16-bit, no
+                                                 recomputation; s x r x h x L x b with gradient checkpointing:
+                                                 each layer's input), s = prompt + response tokens,
+                                                 r = grpo.micro_batch_size rows
+    log-probs    r x response x V x (b + 8)     (the kept logits, and float32 log-softmax + its exp for the
+                                                 entropy, per row of the micro-batch until the backward)
     KV cache     g x s x L x 2 x kv x d x b     (generation, g = llm.micro_batch rows)
 """
 
@@ -68,7 +72,13 @@ def _gib(x: float) -> str:
 
 def plan(llm: Any, grpo: Any, method: str, world_size: int = 1, shape: dict[str, Any] | None = None) -> str:
     """A markdown report of the batch arithmetic and the memory estimate (see the module docstring)."""
-    lines = [f"# dry run: {llm.model}, method {method}, {world_size} process(es)", ""]
+    lines = [
+        f"# dry run: {llm.model}, method {method}, {world_size} process(es)",
+        "",
+        "(The process count is WORLD_SIZE, as torchrun and accelerate launch set it: prefix WORLD_SIZE=32 to plan a "
+        "32-GPU run.)",
+        "",
+    ]
     if shape is None:
         cfg_file = Path(llm.model, "config.json")
         doc = json.loads(cfg_file.read_text()) if llm.model != "tiny" and cfg_file.is_file() else {}
@@ -102,36 +112,48 @@ def plan(llm: Any, grpo: Any, method: str, world_size: int = 1, shape: dict[str,
     n = count_params(shape)
     b = 4 if llm.dtype == "float32" or (llm.dtype == "auto" and llm.model == "tiny") else 2
     if llm.lora_r > 0:
-        targets = len([t for t in llm.lora_targets.split(",") if t.strip()])
-        train = shape["L"] * targets * llm.lora_r * 2 * shape["h"] + (0 if llm.freeze_vision else n["vision"])
+        targets = {t.strip() for t in llm.lora_targets.split(",") if t.strip()}
+        q, kv_out = shape["a"] * shape["d"], shape["kv"] * shape["d"]
+        fan = {  # (in + out) of each projection a LoRA pair (A: in x r, B: r x out) spans
+            "q_proj": shape["h"] + q,
+            "k_proj": shape["h"] + kv_out,
+            "v_proj": shape["h"] + kv_out,
+            "o_proj": q + shape["h"],
+            "gate_proj": shape["h"] + shape["i"],
+            "up_proj": shape["h"] + shape["i"],
+            "down_proj": shape["i"] + shape["h"],
+        }
+        adapters = shape["L"] * llm.lora_r * sum(fan.get(t, 2 * shape["h"]) for t in targets)
+        train = adapters + (0 if llm.freeze_vision else n["vision"])
     else:
         train = n["total"] - (n["vision"] if llm.freeze_vision else 0)
+    frozen = n["total"] - (0 if llm.lora_r > 0 else train)
     w = world_size
-    act_per = (2 if llm.gradient_checkpointing else 17) * s_tok * micro * shape["h"] * shape["L"] * b
-    guide = n["total"] * b if method in ("npo", "autonpo", "luffy") else 0
+    act_per = (1 if llm.gradient_checkpointing else 17) * s_tok * micro * shape["h"] * shape["L"] * b
+    guide = n["total"] * b if method in ("npo", "autonpo", "luffy", "rlep") else 0
     ref = n["total"] * b if grpo.kl_coef > 0 else 0
-    logits = 3 * llm.max_new_tokens * shape["V"] * 4
+    logits = micro * llm.max_new_tokens * shape["V"] * (b + 8)
     kv = llm.micro_batch * s_tok * shape["L"] * 2 * shape["kv"] * shape["d"] * b
     parts = {
-        "weights (sharded)": n["total"] * b / w,
-        "gradients (sharded)": train * b / w,
-        "Adam moments (sharded)": 2 * train * b / w,
+        "weights (sharded)": (4 * train + b * frozen) / w,
+        "gradients (sharded)": 4 * train / w,
+        "Adam moments (sharded)": 8 * train / w,
         "guide model (unsharded)": guide,
         "reference model (unsharded)": ref,
         "activations (one micro-batch)": act_per,
-        "log-prob rows (float32)": logits,
+        "log-prob rows": logits,
         "KV cache (generation)": kv,
     }
     lines += [
         f"Parameters: {n['total'] / 1e9:.2f} B ({n['text'] / 1e9:.2f} B language, {n['vision'] / 1e9:.2f} B vision); "
-        f"trainable {train / 1e9:.3f} B; {b} bytes per parameter.",
+        f"trainable {train / 1e9:.3f} B (float32 master weights); compute in {b}-byte {llm.dtype}.",
         "",
         "| memory per GPU (estimate) | bytes |",
         "|---|---|",
         *[f"| {k} | {_gib(v)} |" for k, v in parts.items()],
         f"| **total** | **{_gib(sum(parts.values()))}** |",
         "",
-        f"A look-ahead checkpoint on disk: {_gib(train * b if llm.lora_r else n['total'] * b)} "
+        f"A look-ahead checkpoint on disk: {_gib(4 * train if llm.lora_r else 4 * train + b * (n['total'] - train))} "
         f"(NPO keeps the snapshot and each kept Delta; AutoNPO one per candidate).",
     ]
     return "\n".join(lines)

@@ -16,24 +16,25 @@ FORMAT = "npo_lab-checkpoint-v1"
 
 
 def save_training_checkpoint(
-    path: str | Path, state: Any, extra: dict[str, Any] | None = None, policy: Any = None
+    path: str | Path, state: Any, extra: dict[str, Any] | None = None, policy: Any = None, optimizer: bool = True
 ) -> Path:
     """Write weights (+ backend RNG), optimizer, global RNGs, data cursor and step to ``path`` atomically.
 
     ``policy`` is ``state.backend.save()`` when not given. A checkpoint that lives in a folder of its own (the
     Qwen3-VL backend's ``save_pretrained`` folders) offers ``persist(dest)``: it is copied beside ``path`` as
     ``<name>.policy/`` and the file records where. The previous file at ``path`` stays intact until the new one
-    is complete on disk."""
+    is complete on disk. ``optimizer=False`` leaves the optimizer state out (a sharded optimizer: one rank's
+    shard is not a state to resume from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     policy = state.backend.save() if policy is None else policy
     if hasattr(policy, "persist"):
-        policy = policy.persist(path.with_name(path.stem + ".policy"))
+        policy = policy.persist(path.with_name(path.stem + ".policy").resolve())
     doc = {
         "format": FORMAT,
         "step": state.step,
         "policy": policy,
-        "optimizer": state.optimizer.state_dict(),
+        "optimizer": state.optimizer.state_dict() if optimizer else None,
         "rng": capture_rng(),
         "sampler": state.sampler.state_dict(),
         "extra": extra or {},

@@ -444,7 +444,10 @@ def run_train(cfg: TrainCommand) -> Any:
         policy = st.backend.save()  # collective on a sharded model: every rank takes part
         if not main_rank:
             return
-        p = save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st, policy=policy)
+        sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        p = save_training_checkpoint(
+            run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st, policy=policy, optimizer=not sharded
+        )
         (run_dir / "checkpoints" / "latest").write_text(p.name + "\n")
 
     method, cfgs = parse_method(cfg.method, cfg.method_configs)
@@ -452,7 +455,7 @@ def run_train(cfg: TrainCommand) -> Any:
     if method == "luffy":
         teacher = backend.teacher()
     if method == "rlep":
-        previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps)
+        previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps, backend)
     source = make_source(method, cfgs, cfg.steps, grpo=cfg.grpo, teacher=teacher, previous=previous, seed=cfg.seed)
     events = EventLog(run_dir) if main_rank else None
     from tqdm import tqdm
@@ -555,8 +558,10 @@ def run_qvs(cfg: QVSCommand, command: str) -> dict[str, Any]:
     return doc
 
 
-def _previous_policy(cfg: TrainCommand, steps: int) -> Any:
-    """rlep's previous run: the policy of ``cfg.previous`` (a checkpoint file), or a fresh unlogged GRPO run."""
+def _previous_policy(cfg: TrainCommand, steps: int, backend: Any) -> Any:
+    """rlep's previous run: the policy of ``cfg.previous`` (a checkpoint file), or a fresh unlogged GRPO run of
+    ``backend`` from its initial weights, which are then restored (as ``npo-lab compare`` does per seed; the
+    checkpoint stays owned by the backend that reads it)."""
     if cfg.previous:
         from npo_lab.checkpoint import load_training_checkpoint
 
@@ -565,11 +570,12 @@ def _previous_policy(cfg: TrainCommand, steps: int) -> Any:
     from npo_lab.utils import seed_everything
 
     print(f"rlep: training the previous GRPO run ({steps} steps) whose final policy decodes the replay pool")
+    start = backend.save()
     seed_everything(cfg.seed)
-    backend = backend_factory(cfg)(cfg.seed)
     train(make_state(backend, cfg.grpo, cfg.seed), "grpo", RunConfig(steps=steps, eval_every=steps), cfg.grpo)
     policy = backend.save()
-    seed_everything(cfg.seed)  # the rlep run starts from the same global RNG state as any other run
+    backend.load(start)
+    seed_everything(cfg.seed)  # the rlep run starts from the same weights and global RNG state as any other run
     return policy
 
 

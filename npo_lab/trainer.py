@@ -44,6 +44,8 @@ def make_state(backend: Backend, grpo: GRPOConfig, seed: int) -> TrainState:
     """Build the optimizer and the data cursor over ``backend.num_prompts`` (and keep the reference policy
     when the KL term is on)."""
     n_prompts = backend.num_prompts
+    if hasattr(backend, "entropy_grad"):  # optional: a backend may skip the entropy's graph when no loss uses it
+        backend.entropy_grad = grpo.entropy_coef != 0.0
     optimizer = torch.optim.Adam(list(backend.parameters()), lr=grpo.lr)
     ref = backend.save() if grpo.kl_coef > 0 else None
     return TrainState(backend=backend, optimizer=optimizer, sampler=PromptSampler(n_prompts, seed), ref_policy=ref)
@@ -85,7 +87,8 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     batch_metrics = getattr(backend, "batch_metrics", None)  # optional: per-reward, on-policy vs guide rows
     if batch_metrics is not None:
         m.update(batch_metrics(b))
-    mb_size = grpo.minibatch_size or grpo.batch_size
+    # 0 = the whole batch, appended rows (RLEP) included: one optimiser step per batch for every method
+    mb_size = grpo.minibatch_size or b.size
     # one epoch, one minibatch: the policy does not move before every row has been through the update forward,
     # so that forward's detached log-probs are the ratio anchor and no separate no-grad pass is needed (as TRL
     # with num_iterations = 1); otherwise old_logprobs are recomputed before the update, guide rows included
@@ -114,7 +117,8 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
         **guide_kw,
     )
     lms: list[dict[str, float]] = []
-    seen = {"old": torch.zeros_like(b.mask), "entropy": torch.zeros_like(b.mask), "has_entropy": True}
+    zeros = torch.zeros(b.mask.shape, dtype=torch.float32)
+    seen = {"old": zeros, "entropy": zeros.clone(), "has_entropy": True}
     seen = seen if single_pass else None
     with timed(m, "update"):
         for _epoch in range(grpo.epochs):
@@ -203,7 +207,7 @@ def update_minibatch(
             entropy=ent,
             **loss_kw,
         )
-        if not math.isfinite(lm["loss/total"]) and weight:
+        if not math.isfinite(lm["loss/total"]) and weight and world == 1:  # several ranks: the global grad norm
             raise NonFiniteError(f"step {state.step}: loss/total is {lm['loss/total']} (non-finite)")
         share = weight * _normalizer(mb.mask, grpo.aggregation) / max(total_norm, 1e-12)
         (loss * (share * world)).backward()
@@ -224,7 +228,7 @@ def update_minibatch(
         ws = [(w, d[k]) for w, d in parts if k in d]
         lm[k] = sum(w * v for w, v in ws) / max(sum(w for w, _ in ws), 1e-12)
     if world > 1:
-        lm = _mean_over_ranks(lm, world)
+        lm = _mean_over_ranks(lm, sum(w for w, _ in parts), world)
     lm["policy/grad_norm"] = gn.item()
     return lm
 
@@ -249,14 +253,20 @@ def _record(seen: dict[str, Any], idx: torch.Tensor, old: torch.Tensor, ent: Any
             seen["entropy"][rows, : min(t, en.shape[1])] = en[:, :t]
 
 
-def _mean_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:
-    """Average metrics over data-parallel ranks (a key missing on a rank is averaged over the ranks that have it)."""
+def _mean_over_ranks(metrics: dict[str, float], share: float, world: int) -> dict[str, float]:
+    """Average metrics over data-parallel ranks, each weighted by its share of the minibatch's normaliser (so the
+    losses are the minibatch's exact losses); a key missing on a rank is averaged over the ranks that have it."""
     import torch.distributed as dist
 
-    gathered: list[dict[str, float] | None] = [None] * world
-    dist.all_gather_object(gathered, metrics)
-    keys = sorted({k for d in gathered if d for k in d})
-    return {k: sum(d[k] for d in gathered if d and k in d) / sum(1 for d in gathered if d and k in d) for k in keys}
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (share, metrics))
+    keys = sorted({k for _, d in gathered for k in d})
+    out = {}
+    for k in keys:
+        ws = [(w, d[k]) for w, d in gathered if k in d]
+        total = sum(w for w, _ in ws)
+        out[k] = sum(w * v for w, v in ws) / total if total > 0 else sum(v for _, v in ws) / len(ws)
+    return out
 
 
 @dataclass

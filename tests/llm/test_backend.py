@@ -318,3 +318,87 @@ def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "4096 prompt + 4096 response" in dry.stdout and "memory per GPU" in dry.stdout
+
+
+def test_bf16_compute_keeps_float32_master_weights_so_tiny_updates_land(make_backend):
+    be = make_backend(dtype="bfloat16")
+    trainable = [p for p in be.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    before = [p.detach().clone() for p in trainable]
+    grpo = dataclasses.replace(GRPO, lr=1e-6)  # far below bf16's resolution for weights of size ~0.02
+    state = make_state(be, grpo, seed=0)
+    m = grpo_step(state, grpo)
+    assert m["loss/total"] == m["loss/total"]
+    changed = sum(not torch.equal(b, p.detach()) for b, p in zip(before, trainable))
+    assert changed == len(trainable)
+    b = be.rollout([0], 2)
+    ck = be.save()
+    with torch.no_grad():
+        want, _ = be.logprobs(b)
+        for p in trainable:
+            p.add_(1e-3)
+    be.load(ck)  # float32 masters round-trip exactly through the checkpoint
+    with torch.no_grad():
+        assert torch.equal(be.logprobs(b)[0], want)
+
+
+def test_gradient_checkpointing_is_on_in_training_and_gives_the_same_gradients(make_backend):
+    grads, counts = [], []
+    for ckpt in (False, True):
+        be = make_backend(gradient_checkpointing=ckpt)
+        assert be.model.training
+        b = be.rollout([0, 1], 2)
+        if grads:  # the same rows for both models (identical weights and sampling seeds)
+            assert [e["ids"].tolist() for e in b.extras] == grads[0][1]
+        be.model.zero_grad()
+        saved = [0]
+
+        def pack(t, saved=saved):
+            saved[0] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lp, _ = be.logprobs(b)
+        (-(lp * b.mask).sum()).backward()
+        grads.append(([p.grad.clone() for p in be.model.parameters()], [e["ids"].tolist() for e in b.extras]))
+        counts.append(saved[0])
+    assert counts[1] < counts[0] / 2, counts  # checkpointed layers keep their inputs only, not activations
+    for g0, g1 in zip(grads[0][0], grads[1][0]):
+        torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-7)
+
+
+def test_tied_embeddings_round_trip(reward_dir, tmp_path):
+    """Qwen3-VL-2B/4B tie lm_head to the input embeddings; save_pretrained writes the shared weight once."""
+    from npo_lab.llm.model import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "tied", seed=0, tie=True)
+    be = QwenVLBackend(small_cfg(model=str(folder)), seed=0)
+    try:
+        assert be.model.lm_head.weight is be.model.get_input_embeddings().weight
+        b = be.rollout([0], 2)
+        ck = be.save()
+        with torch.no_grad():
+            want, _ = be.logprobs(b)
+            be.model.lm_head.weight.add_(0.01)
+        be.load(ck)
+        with torch.no_grad():
+            assert torch.equal(be.logprobs(b)[0], want)
+    finally:
+        be.close()
+
+
+def test_cli_rlep_trains_its_previous_run_on_the_same_backend(reward_dir, tmp_path):
+    """The previous GRPO run's checkpoint must outlive the run that made it (a temporary folder otherwise)."""
+    env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    args = [
+        sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--method", "rlep", "--steps", "1",
+        "--eval-every", "1", "--rlep.source-steps", "1", "--rlep.decode-samples", "2", "--grpo.batch-size", "8",
+        "--grpo.group-size", "4", "--llm.tiny-warm-steps", "0", "--llm.max-new-tokens", "4",
+        "--llm.data.synthetic-train", "8", "--llm.data.synthetic-eval", "4", "--llm.reward.accuracy-weight", "0",
+        "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path),
+    ]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(next(tmp_path.iterdir()).joinpath("result.json").read_text())
+    pool = [e for e in res["events"] if e.get("kind") == "rlep_pool"]
+    assert len(pool) == 1 and pool[0]["decoded"] == 8 * 2, res["events"]  # the previous policy decoded every prompt
