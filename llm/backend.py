@@ -27,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from npo_lab.llm.config import LLMConfig
 from npo_lab.llm.data import Example, build_messages, load_split
-from npo_lab.llm.dist import World, barrier, broadcast_str, fully_shard_qwen_vl, gather_rows, init_world, shard_rows
+from npo_lab.llm.dist import (
+    World,
+    agree,
+    barrier,
+    broadcast_str,
+    fully_shard_qwen_vl,
+    gather_rows,
+    init_world,
+    shard_rows,
+)
 from npo_lab.llm.model import load_model, load_processor, param_counts, prepare_trainable, resolve_model, torch_dtype
 from npo_lab.llm.rewards import RewardSet
 from safetensors.torch import load_file
@@ -95,8 +104,10 @@ class QwenVLBackend:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.dtype = torch_dtype(cfg.dtype, self.device)
-        self.name = resolve_model(cfg) if self.world.main else ""
-        self.name = broadcast_str(self.name, self.world) if cfg.model == "tiny" else resolve_model(cfg)
+        if cfg.model == "tiny":  # rank 0 writes the tiny model's folder, the other ranks read it
+            self.name = broadcast_str(resolve_model(cfg) if self.world.main else "", self.world)
+        else:
+            self.name = cfg.model
         self.processor = load_processor(self.name, local_files_only=Path(self.name).is_dir())
         self.tokenizer = self.processor.tokenizer
         self._prompts: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
@@ -511,6 +522,9 @@ class QwenVLBackend:
         # and so every decision taken from it, is the same on all ranks
         sharded = self.world
         idx, valid = shard_rows(len(examples), sharded)
+        # a bad row (a prompt over llm.max_prompt_tokens, an unreadable image) fails on the rank that owns it: every
+        # rank learns of it before the collective passes of generation, so none waits forever
+        agree(self.world, lambda: [self._prompt(examples[i]) for i in idx])
         seed = int(torch.randint(0, 2**62, (1,), generator=self.gen).item())
         was_training = model.training
         model.eval()
@@ -569,12 +583,15 @@ class QwenVLBackend:
                 for k, r in enumerate(part):
                     r["behavior"] = lp[k, : len(r["ids"])].tolist()
         texts = [self.tokenizer.decode(r["ids"], skip_special_tokens=True) for r in local]
-        totals, comps = self.rewards.score(
-            [self._prompt_text(r["ex"]) for r in local],
-            texts,
-            [r["ex"].answer for r in local],
-            [list(r["ex"].images) for r in local],
-            [r["ex"].columns for r in local],
+        totals, comps = agree(  # a custom reward that raises on this rank's rows stops every rank with its message
+            self.world,
+            lambda: self.rewards.score(
+                [self._prompt_text(r["ex"]) for r in local],
+                texts,
+                [r["ex"].answer for r in local],
+                [list(r["ex"].images) for r in local],
+                [r["ex"].columns for r in local],
+            ),
         )
         rows = [
             {
@@ -628,15 +645,26 @@ def _read_folder(path: Path) -> dict[str, Tensor]:
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
     for name in ("model.safetensors", "adapter_model.safetensors"):
         if (path / name).is_file():
-            return load_file(str(path / name))
+            return _load_safetensors(path / name)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"checkpoint {index} is unreadable (no weight_map): {e}") from e
         state: dict[str, Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(path / shard)))
+            state.update(_load_safetensors(path / shard))
         return state
     raise ValueError(f"checkpoint folder {path} has no safetensors weights (model.safetensors or an adapter)")
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    """A safetensors file's tensors (never a pickle); a truncated or corrupted file is named in the error."""
+    try:
+        return load_file(str(file))
+    except Exception as e:  # SafetensorError, OSError: header or data cut short
+        raise ValueError(f"checkpoint file {file} is unreadable (truncated or corrupted?): {e}") from e
 
 
 def make_qwen_vl_backend(cfg: LLMConfig, seed: int) -> QwenVLBackend:

@@ -90,6 +90,25 @@ def fully_shard_qwen_vl(model: Any, dtype: torch.dtype = torch.float32) -> Any:
     return model
 
 
+def agree(world: World, work: Any) -> Any:
+    """Run ``work()`` on every rank; if it raises on any rank, raise on all of them (with the first rank's message),
+    so no rank is left waiting in a collective that a failed rank never reaches. Returns ``work()``'s result."""
+    result, error = None, None
+    try:
+        result = work()
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError) as e:
+        if world.size == 1:
+            raise
+        error = f"rank {world.rank}: {type(e).__name__}: {e}"
+    if world.size > 1:
+        errors: list[Any] = [None] * world.size
+        dist.all_gather_object(errors, error)
+        first = next((e for e in errors if e), None)
+        if first:
+            raise ValueError(first)
+    return result
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()

@@ -290,6 +290,17 @@ def test_prompt_too_long_is_a_clear_error(make_backend):
         be.rollout([0], 2)
 
 
+def test_a_truncated_checkpoint_is_reported_by_name(make_backend):
+    be = make_backend()
+    ck = be.save()
+    f = ck.path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors is unreadable"):
+        be.load(ck)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        be.load({"path": str(ck.path) + "-missing"})
+
+
 def test_disk_checkpoint_repr_names_the_folder(tmp_path):
     ck = DiskCheckpoint(tmp_path / "x", torch.zeros(1), owned=False)
     assert "x" in repr(ck)
