@@ -117,9 +117,9 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
         **guide_kw,
     )
     lms: list[dict[str, float]] = []
-    zeros = torch.zeros(b.mask.shape, dtype=torch.float32)
-    seen = {"old": zeros, "entropy": zeros.clone(), "has_entropy": True}
-    seen = seen if single_pass else None
+    seen = None  # single pass: the update forward records each row's anchor and entropy here
+    if single_pass:
+        seen = {"old": torch.zeros(b.mask.shape), "entropy": torch.zeros(b.mask.shape), "has_entropy": True}
     with timed(m, "update"):
         for _epoch in range(grpo.epochs):
             perm = torch.randperm(b.size) if mb_size < b.size else torch.arange(b.size)

@@ -3,7 +3,6 @@
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as tmp
-
 from npo_lab.llm.dist import World, agree, gather_rows, shard_rows
 
 pytestmark = pytest.mark.llm
