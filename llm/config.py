@@ -58,8 +58,9 @@ class DataConfig:
     skip drops it and counts it (data/skipped_rows)."""
     system_prompt: str = "Reason briefly, then give the final answer in \\boxed{}."
     """System message of every prompt; empty for none. [assumption]"""
-    synthetic_task: Literal["count", "digits", "mixed"] = "mixed"
-    """synthetic: count (how many shapes), digits (read the digits and add them), or both."""
+    synthetic_task: Literal["count", "digits", "mixed", "color"] = "mixed"
+    """synthetic: count (how many shapes), digits (read the digits and add them), mixed (both), or color (name
+    the colour of one large shape by its number: the one the tiny CPU model can learn to see)."""
     synthetic_train: int = 256
     """synthetic: training prompts."""
     synthetic_eval: int = 64

@@ -26,9 +26,16 @@ from npo_lab.llm.config import DataConfig
 from npo_lab.llm.data import IMAGE_MARKER, Example
 from PIL import Image, ImageDraw, ImageFont
 
-TASKS = ("count", "digits", "mixed")
+TASKS = ("count", "digits", "mixed", "color")
 COUNT_QUESTION = IMAGE_MARKER + "How many shapes are in the image?"
 DIGITS_QUESTION = IMAGE_MARKER + "What is the sum of the digits in the image?"
+COLOR_CHOICES = ("red", "blue", "green", "orange", "purple")
+COLOR_QUESTION = (
+    IMAGE_MARKER
+    + "What colour is the shape? Answer with its number: "
+    + ", ".join(f"{i} {c}" for i, c in enumerate(COLOR_CHOICES, 1))
+    + "."
+)
 SHAPES = ("circle", "square", "triangle")
 # saturated colours, all far from the light backgrounds and from each other
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -56,10 +63,11 @@ def make_synthetic(
     stream: str = "train",
     exclude: Collection[bytes] = (),
 ) -> list[Example]:
-    """``n`` examples of ``task`` ("count", "digits" or "mixed") from the seed stream ``(seed, stream)``.
+    """``n`` examples of ``task`` ("count", "digits", "mixed" or "color") from the seed stream ``(seed, stream)``.
 
     Args:
-        task: which task; "mixed" alternates count and digits.
+        task: which task; "mixed" alternates count and digits; "color" (one large shape, name its colour's
+            number) is the one a tiny model can learn to see.
         n: number of examples.
         seed: generator seed.
         size: side of the square RGB images, in pixels (>= 16).
@@ -83,6 +91,9 @@ def make_synthetic(
         if kind == "count":
             image, answer, record = _draw_count(rng, size)
             question = COUNT_QUESTION
+        elif kind == "color":
+            image, answer, record = _draw_color(rng, size)
+            question = COLOR_QUESTION
         else:
             image, answer, record = _draw_digits(rng, size)
             question = DIGITS_QUESTION
@@ -205,6 +216,25 @@ def _draw_count(rng: random.Random, size: int) -> tuple[Image.Image, str, dict]:
             draw.polygon(pts, fill=fill)
         shapes.append({"shape": kind, "color": colour, "center": [round(x, 2), round(y, 2)], "radius": round(r, 2)})
     return canvas.resize((size, size), Image.Resampling.BOX), str(k), {"shapes": shapes}
+
+
+def _draw_color(rng: random.Random, size: int) -> tuple[Image.Image, str, dict]:
+    """One large shape in one of COLOR_CHOICES; the answer is the colour's number (1-based)."""
+    k = rng.randrange(len(COLOR_CHOICES))
+    kind = rng.choice(SHAPES)
+    canvas = Image.new("RGB", (size * _SS, size * _SS), _background(rng))
+    draw = ImageDraw.Draw(canvas)
+    fill = PALETTE[COLOR_CHOICES[k]]
+    c, rr = size * _SS / 2, size * _SS * rng.uniform(0.3, 0.42)
+    cx, cy = c + rng.uniform(-0.05, 0.05) * size * _SS, c + rng.uniform(-0.05, 0.05) * size * _SS
+    if kind == "circle":
+        draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=fill)
+    elif kind == "square":
+        draw.rectangle((cx - 0.8 * rr, cy - 0.8 * rr, cx + 0.8 * rr, cy + 0.8 * rr), fill=fill)
+    else:
+        draw.polygon([(cx, cy - rr), (cx - rr, cy + 0.8 * rr), (cx + rr, cy + 0.8 * rr)], fill=fill)
+    image = canvas.resize((size, size), Image.Resampling.BOX)
+    return image, str(k + 1), {"shape": kind, "color": COLOR_CHOICES[k]}
 
 
 @lru_cache(maxsize=10)

@@ -374,3 +374,18 @@ def test_hub_dataset_is_loaded_by_split(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if the [llm] extra were missing
     with pytest.raises(ImportError, match=r"pip install 'npo-lab\[llm\]'"):
         load_split(cfg, "train")
+
+
+def test_color_task_answer_is_the_number_of_the_drawn_colour():
+    from npo_lab.llm.synthetic import COLOR_CHOICES, COLOR_QUESTION
+
+    exs = make_synthetic("color", 30, seed=3, size=64)
+    assert {ex.answer for ex in exs} == {str(i) for i in range(1, len(COLOR_CHOICES) + 1)}  # every choice occurs
+    for ex in exs:
+        assert ex.question == COLOR_QUESTION
+        colour = COLOR_CHOICES[int(ex.answer) - 1]
+        assert ex.columns["color"] == colour
+        centre = ex.images[0].getpixel((32, 36))  # inside the shape whatever its kind
+        assert max(abs(a - b) for a, b in zip(centre, PALETTE[colour])) < 10, (ex.answer, centre)
+    again = make_synthetic("color", 30, seed=3, size=64)
+    assert [e.images[0].tobytes() for e in again] == [e.images[0].tobytes() for e in exs]
