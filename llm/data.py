@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -292,7 +294,16 @@ def _example(cfg: DataConfig, row: Any, index: int, base_dir: Path) -> Example:
             f"the question has {n_markers} {IMAGE_MARKER!r} marker(s) but the row has {len(images)} image(s)"
         )
     columns = {k: v for k, v in row.items() if k != cfg.image_key}
-    return Example(index=index, question=question, answer=str(answer), images=images, columns=columns)
+    return Example(index=index, question=question, answer=_answer_text(answer), images=images, columns=columns)
+
+
+def _answer_text(answer: str | int | float) -> str:
+    """The answer as math-verify should read it: floats in positional notation (1e20 would read as 1*E + 20)."""
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            raise RowError(f"answer must be a finite number, got {answer!r}")
+        return format(Decimal(repr(answer)).normalize(), "f")
+    return str(answer)
 
 
 def load_image(item: Any, base_dir: str | os.PathLike = ".") -> Image.Image:
@@ -317,6 +328,8 @@ def load_image(item: Any, base_dir: str | os.PathLike = ".") -> Image.Image:
         src = name = _resolve(item, base_dir)
     else:
         raise RowError(f"unsupported image item: {_short(item)}")
+    if isinstance(src, str) and Path(src).exists() and not Path(src).is_file():  # a FIFO or device would block
+        raise RowError(f"image path is not a regular file: {name}")
     try:
         with Image.open(src) as im:
             im.load()

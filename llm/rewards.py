@@ -213,7 +213,9 @@ class MathVerifier:
             pred = tail
         if not gold_s:
             return 0.0, "", ""
-        gold_text = gold_s if "$" in gold_s or "\\boxed" in gold_s else f"${gold_s}$"  # plain numbers, bare LaTeX
+        # plain numbers and bare LaTeX get $...$; an escaped dollar (\\$5, a currency answer) is not a delimiter
+        delimited = re.search(r"(?<!\\)\$", gold_s) is not None or "\\boxed" in gold_s
+        gold_text = gold_s if delimited else f"${gold_s}$"
         return None, pred, gold_text
 
     def grade(self, completions: Sequence[str], answers: Sequence[str]) -> list[float]:
@@ -409,7 +411,7 @@ class RewardSet:
             components["accuracy"] = list(acc)
             totals = [t + cfg.accuracy_weight * a for t, a in zip(totals, acc)]
         if cfg.format_weight > 0:
-            fmt = [format_reward(c, cfg.think_tags) for c in completions]
+            fmt = [format_reward(str(c), cfg.think_tags) for c in completions]
             components["format"] = list(fmt)
             totals = [t + cfg.format_weight * f for t, f in zip(totals, fmt)]
         if self.custom:

@@ -77,6 +77,8 @@ def _merged(weight: Tensor, lora: nn.Module | None) -> Tensor:
     if lora is None or getattr(lora, "disable_adapters", False):
         return w
     acc = None
+    if getattr(lora, "lora_embedding_A", None):  # an embedding adapter keeps its factors elsewhere: not merged here
+        raise NotImplementedError("llm.engine='vllm': LoRA on an embedding layer cannot be merged for vLLM")
     for a in lora.active_adapters:
         if a not in lora.lora_A or a in lora.merged_adapters:
             continue

@@ -389,3 +389,20 @@ def test_color_task_answer_is_the_number_of_the_drawn_colour():
         assert max(abs(a - b) for a, b in zip(centre, PALETTE[colour])) < 10, (ex.answer, centre)
     again = make_synthetic("color", 30, seed=3, size=64)
     assert [e.images[0].tobytes() for e in again] == [e.images[0].tobytes() for e in exs]
+
+
+def test_float_answers_are_written_positionally_and_non_files_are_refused(tmp_path):
+    import os
+
+    _write_png(tmp_path / "ok.png")
+    rows = [
+        {"images": ["ok.png"], "problem": "<image>q", "answer": 1e20},
+        {"images": ["ok.png"], "problem": "<image>q", "answer": 3.0},
+        {"images": ["ok.png"], "problem": "<image>q", "answer": 1.5e-7},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    train, _ = load_split(DataConfig(dataset=str(tmp_path / "d.jsonl"), eval_rows=0), "train")
+    assert [ex.answer for ex in train] == ["100000000000000000000", "3", "0.00000015"]  # not 1e+20 (= 1*E + 20)
+    os.mkfifo(tmp_path / "pipe.png")  # opening a FIFO would block forever
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_image("pipe.png", tmp_path)

@@ -129,6 +129,8 @@ CORRECT = [
     ("\\boxed{x = 3}", "3"),
     ("\\boxed{\\text{Paris}}", "Paris"),
     ("x" * 10_000 + " so \\boxed{5}", "5"),  # only the tail is read
+    ("it costs \\boxed{5}", "\\$5"),  # an escaped dollar in the gold (MATH's currency answers) is no delimiter
+    ("\\boxed{18.90}", "\\$18.90"),
 ]
 
 NEAR_MISSES = [
@@ -144,6 +146,7 @@ NEAR_MISSES = [
     ("\\boxed{42} is wrong, the answer is \\boxed{41}", "42"),
     ("\\boxed{1.4142}", "\\sqrt{2}"),
     ("\\boxed{5}" + "x" * 5000, "5"),  # the answer lies before the last max_chars characters
+    ("\\boxed{6}", "\\$5"),
 ]
 
 
