@@ -268,7 +268,7 @@ class QwenVLBackend:
         path = self.scratch / f"ckpt-{self._n_saved:06d}"
         state = self._full_state_dict()
         if self.world.main:
-            self._unwrapped().save_pretrained(path, state_dict=state, safe_serialization=True)
+            self.model.save_pretrained(path, state_dict=state, safe_serialization=True)
         barrier(self.world)
         return DiskCheckpoint(path, self.gen.get_state(), owned=True, remove=self.world.main)
 
@@ -278,7 +278,7 @@ class QwenVLBackend:
         if self.is_lora:
             from peft import set_peft_model_state_dict
 
-            result = set_peft_model_state_dict(self._unwrapped(), state)
+            result = set_peft_model_state_dict(self.model, state)
             unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
             if unexpected:
                 raise ValueError(f"checkpoint {path}: adapter keys do not match the model: {unexpected[:3]}")
@@ -384,9 +384,6 @@ class QwenVLBackend:
         if policy is not None:
             return ("checkpoint", str(_as_disk(policy)[0]))
         return ("current", sum(p._version for p in self.model.parameters() if p.requires_grad))
-
-    def _unwrapped(self) -> Any:
-        return self.model
 
     def _full_state_dict(self) -> dict[str, Tensor] | None:
         if self.is_lora:

@@ -7,25 +7,10 @@ choice made here where it is silent.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-
-def _check(cond: bool, name: str, got: object, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"{name} must be {allowed}, got {got!r}")
-
-
-def _check_choices(cfg: object, prefix: str) -> None:
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        tp = hints[f.name]
-        if typing.get_origin(tp) is Literal:
-            allowed = typing.get_args(tp)
-            value = getattr(cfg, f.name)
-            _check(value in allowed, f"{prefix}.{f.name}", value, "one of " + ", ".join(map(repr, allowed)))
+from npo_lab.config import _check, _check_choices
 
 
 @dataclass

@@ -56,16 +56,6 @@ def gather_rows(local: list[Any], valid: int, world: World) -> list[Any]:
     return [row for part in out for row in part]  # type: ignore[union-attr]
 
 
-def all_mean(values: dict[str, float], counts: float, world: World) -> dict[str, float]:
-    """Count-weighted mean of per-rank means."""
-    if world.size == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] * counts for k in keys] + [counts], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
-
-
 def fully_shard_qwen_vl(model: Any, dtype: torch.dtype = torch.float32) -> Any:
     """FSDP2: shard each language-model decoder layer and each vision block, the vision tower, then the root
     module. With ``dtype`` below float32 the float32 master weights are gathered and computed in ``dtype``, and

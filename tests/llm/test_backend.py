@@ -306,16 +306,24 @@ def test_disk_checkpoint_repr_names_the_folder(tmp_path):
     assert "x" in repr(ck)
 
 
-def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
+def _train_cli(reward_dir, tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    """``npo-lab train --backend qwen-vl`` on the tiny model with the test reward, plus ``flags``."""
     env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     args = [
-        sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--method", "npo", "--steps", "2",
-        "--eval-every", "2", "--npo.delta", "1", "--npo.interventions", "0", "--grpo.batch-size", "8",
+        sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--grpo.batch-size", "8",
         "--grpo.group-size", "4", "--llm.tiny-warm-steps", "0", "--llm.max-new-tokens", "4",
         "--llm.data.synthetic-train", "8", "--llm.data.synthetic-eval", "4", "--llm.reward.accuracy-weight", "0",
-        "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path), "--checkpoint-every", "2",
+        "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path), *flags,
     ]  # fmt: skip
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
+    env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    out = _train_cli(
+        reward_dir, tmp_path, "--method", "npo", "--steps", "2", "--eval-every", "2", "--npo.delta", "1",
+        "--npo.interventions", "0", "--checkpoint-every", "2",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     run = next(tmp_path.iterdir())
     assert run.name.startswith("qwen-vl-tiny__npo__0__")
@@ -400,15 +408,10 @@ def test_tied_embeddings_round_trip(reward_dir, tmp_path):
 
 def test_cli_rlep_trains_its_previous_run_on_the_same_backend(reward_dir, tmp_path):
     """The previous GRPO run's checkpoint must outlive the run that made it (a temporary folder otherwise)."""
-    env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    args = [
-        sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--method", "rlep", "--steps", "1",
-        "--eval-every", "1", "--rlep.source-steps", "1", "--rlep.decode-samples", "2", "--grpo.batch-size", "8",
-        "--grpo.group-size", "4", "--llm.tiny-warm-steps", "0", "--llm.max-new-tokens", "4",
-        "--llm.data.synthetic-train", "8", "--llm.data.synthetic-eval", "4", "--llm.reward.accuracy-weight", "0",
-        "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path),
-    ]  # fmt: skip
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    out = _train_cli(
+        reward_dir, tmp_path, "--method", "rlep", "--steps", "1", "--eval-every", "1", "--rlep.source-steps", "1",
+        "--rlep.decode-samples", "2",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(next(tmp_path.iterdir()).joinpath("result.json").read_text())
     pool = [e for e in res["events"] if e.get("kind") == "rlep_pool"]
