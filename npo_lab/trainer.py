@@ -46,7 +46,12 @@ def make_state(backend: Backend, grpo: GRPOConfig, seed: int) -> TrainState:
     n_prompts = backend.num_prompts
     if hasattr(backend, "entropy_grad"):  # optional: a backend may skip the entropy's graph when no loss uses it
         backend.entropy_grad = grpo.entropy_coef != 0.0
-    optimizer = torch.optim.Adam(list(backend.parameters()), lr=grpo.lr)
+    # optional: a backend whose engine owns the optimizer (DeepSpeed ZeRO-3) builds it; see update_minibatch
+    make_optimizer = getattr(backend, "make_optimizer", None)
+    if make_optimizer is not None:
+        optimizer = make_optimizer(grpo.lr)
+    else:
+        optimizer = torch.optim.Adam(list(backend.parameters()), lr=grpo.lr)
     ref = backend.save() if grpo.kl_coef > 0 else None
     return TrainState(backend=backend, optimizer=optimizer, sampler=PromptSampler(n_prompts, seed), ref_policy=ref)
 
@@ -175,8 +180,14 @@ def update_minibatch(
 
     ``seen`` (``{"old": (B, T), "entropy": (B, T), "has_entropy": bool}``) switches on the single-pass mode: each
     row's ratio anchor is its own detached log-probs from this forward (exact when no optimiser step happens
-    before every row has been seen); both are written into ``seen`` for every row, those of other ranks too."""
+    before every row has been seen); both are written into ``seen`` for every row, those of other ranks too.
+
+    A backend whose engine owns backward and the optimizer step (DeepSpeed ZeRO-3: loss scaling, partitioned
+    gradients) offers two optional methods: ``backward(loss)`` and ``optimizer_step(max_grad_norm) -> grad norm``,
+    which clips, steps, and must not apply a non-finite update (it returns the non-finite norm instead)."""
     backend = state.backend
+    backward = getattr(backend, "backward", None)
+    engine_step = getattr(backend, "optimizer_step", None)
     world, rank = int(getattr(backend, "world_size", 1)), int(getattr(backend, "rank", 0))
     mb_mask = b.mask[mb_idx]
     total_norm = _normalizer(mb_mask, grpo.aggregation)
@@ -210,18 +221,26 @@ def update_minibatch(
         if not math.isfinite(lm["loss/total"]) and weight and world == 1:  # several ranks: the global grad norm
             raise NonFiniteError(f"step {state.step}: loss/total is {lm['loss/total']} (non-finite)")
         share = weight * _normalizer(mb.mask, grpo.aggregation) / max(total_norm, 1e-12)
-        (loss * (share * world)).backward()
+        scaled = loss * (share * world)
+        if backward is None:
+            scaled.backward()
+        else:
+            backward(scaled)
         if weight:
             parts.append((share, lm))
         if seen is not None:  # every rank records every micro-batch (a collective under data parallelism)
             _record(seen, idx if weight else idx[:0], old, ent, world)
-    params = [p for g in state.optimizer.param_groups for p in g["params"]]
-    gn = torch.nn.utils.clip_grad_norm_(params, grpo.max_grad_norm or float("inf"))
-    if hasattr(gn, "full_tensor"):  # sharded parameters (FSDP2): the norm is a DTensor
-        gn = gn.full_tensor()
+    if engine_step is not None:
+        gn = torch.as_tensor(float(engine_step(grpo.max_grad_norm)))
+    else:
+        params = [p for g in state.optimizer.param_groups for p in g["params"]]
+        gn = torch.nn.utils.clip_grad_norm_(params, grpo.max_grad_norm or float("inf"))
+        if hasattr(gn, "full_tensor"):  # sharded parameters (FSDP2): the norm is a DTensor
+            gn = gn.full_tensor()
     if not torch.isfinite(gn):
         raise NonFiniteError(f"step {state.step}: policy/grad_norm is {gn.item()} (non-finite)")
-    state.optimizer.step()
+    if engine_step is None:
+        state.optimizer.step()
     # metrics: the micro-batches' values weighted by their share of the minibatch (exact for the losses)
     lm = {}
     for k in sorted({k for _, d in parts for k in d}):

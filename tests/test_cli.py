@@ -1,6 +1,7 @@
 """The command line: bad input stops before any work; compare and train write what they promise."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -27,8 +28,10 @@ TINY = [
 
 
 def cli(*args, cwd=None):
+    # a wide console: tyro draws errors in a box that would otherwise wrap a long path inside the message
+    env = {**os.environ, "COLUMNS": "1000"}
     return subprocess.run(
-        [sys.executable, "-m", "npo_lab", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "npo_lab", *args], capture_output=True, text=True, cwd=cwd, timeout=600, env=env
     )
 
 

@@ -58,3 +58,60 @@ def test_micro_batches_with_a_guide_treatment():
 def test_micro_batch_size_is_validated():
     with pytest.raises(ValueError, match="grpo.micro_batch_size"):
         GRPOConfig(micro_batch_size=-1)
+
+
+class _EngineBackend(ScriptedBackend):
+    """A backend whose 'engine' owns the optimizer, backward and the step (the DeepSpeed seam of the trainer)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = {"make_optimizer": 0, "backward": 0, "optimizer_step": 0}
+
+    def make_optimizer(self, lr):
+        self.calls["make_optimizer"] += 1
+        self.opt = torch.optim.Adam(list(self.parameters()), lr=lr)
+        return self.opt
+
+    def backward(self, loss):
+        self.calls["backward"] += 1
+        loss.backward()
+
+    def optimizer_step(self, max_grad_norm):
+        self.calls["optimizer_step"] += 1
+        gn = torch.nn.utils.clip_grad_norm_(list(self.parameters()), max_grad_norm or float("inf"))
+        if torch.isfinite(gn):
+            self.opt.step()
+        return float(gn)
+
+
+def test_an_engine_owned_optimizer_gives_the_same_update():
+    """make_optimizer / backward / optimizer_step replace the trainer's own Adam, backward and clip+step, with the
+    same result, and are each called (micro-batches: one backward each, one step per minibatch)."""
+    from npo_lab.trainer import grpo_step
+
+    out = []
+    for cls in (ScriptedBackend, _EngineBackend):
+        seed_everything(0)
+        be = cls(n_prompts=6, seq_len=3, vocab=4, seed=0, init_bias=1.5)  # some rows right: non-zero advantages
+        grpo = GRPOConfig(batch_size=12, group_size=4, lr=0.1, micro_batch_size=5, max_grad_norm=0.5)
+        state = make_state(be, grpo, seed=0)
+        for _ in range(3):
+            grpo_step(state, grpo)
+        out.append(be)
+    plain, engine = out
+    torch.testing.assert_close(engine.table.detach(), plain.table.detach())
+    start = ScriptedBackend(n_prompts=6, seq_len=3, vocab=4, seed=0, init_bias=1.5).table
+    assert not torch.equal(plain.table.detach(), start)
+    assert engine.calls == {"make_optimizer": 1, "backward": 3 * 3, "optimizer_step": 3}
+
+
+def test_an_engine_step_reporting_a_non_finite_norm_stops_the_run():
+    from npo_lab.trainer import NonFiniteError, grpo_step
+
+    seed_everything(0)
+    be = _EngineBackend(n_prompts=6, seq_len=3, vocab=4, seed=0)
+    be.optimizer_step = lambda max_grad_norm: float("nan")
+    grpo = GRPOConfig(batch_size=12, group_size=4, lr=0.1)
+    state = make_state(be, grpo, seed=0)
+    with pytest.raises(NonFiniteError, match="step 0: policy/grad_norm is nan"):
+        grpo_step(state, grpo)
