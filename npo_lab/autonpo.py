@@ -163,6 +163,7 @@ class AutoNPOController:
             "last_intervention": self.last_intervention,
             "since_last": self.since_last,
             "count": self.count,
+            "last": dict(self.last),
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -172,3 +173,4 @@ class AutoNPOController:
         self.last_intervention = d["last_intervention"]
         self.since_last = d["since_last"]
         self.count = d["count"]
+        self.last = dict(d.get("last", {}))

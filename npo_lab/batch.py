@@ -142,6 +142,22 @@ class RolloutBatch:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The batch as plain tensors and lists (what ``torch.load(weights_only=True)`` reads back): replay pools
+        in a training checkpoint. ``extras`` must then hold only tensors, numbers, strings, None, lists and dicts.
+
+        >>> b = RolloutBatch.from_rows(behavior_logprobs=torch.zeros(1, 2), mask=torch.ones(1, 2),
+        ...                            rewards=torch.ones(1), group_ids=torch.tensor([3]), extras=[{"pid": 3}])
+        >>> RolloutBatch.from_state_dict(b.state_dict()).extras
+        [{'pid': 3}]
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> RolloutBatch:
+        """Inverse of :meth:`state_dict` (validated like any batch)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
     @staticmethod
     def cat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
         """Concatenate rows; token dimensions are right-padded (mask 0) to the longest batch."""

@@ -1,66 +1,403 @@
-"""Training checkpoints on disk: written atomically (temporary file, fsync, rename), read with
-``torch.load(weights_only=True)`` so a checkpoint file can never run code."""
+"""Training checkpoints on disk: either complete and verified, or absent; never unpickled.
+
+One folder per checkpoint, under a run's ``checkpoints/``::
+
+    step_000120/
+        state.pt        the run's whole state: step, policy weights and sampling RNG (in-memory backends),
+                        optimizer, every global RNG, data cursor, the guide source (replay pools, AutoNPO's
+                        controller and mistake pool, the near-future guide checkpoint), the training loop's own
+                        counters and results so far, the loggers' file positions; read with
+                        ``torch.load(weights_only=True)``, so a checkpoint file can never run code
+        policy/ ...     folder-backed checkpoints (the Qwen3-VL backend's ``save_pretrained`` folders): the
+                        policy, the guide, the reference policy, each in a folder of its own (safetensors)
+        manifest.json   format, step, and the size and SHA-256 of every file above; written last
+    latest              the name of the newest complete checkpoint
+
+Writing is atomic: everything goes to a temporary sibling folder (each file fsynced, the manifest last), which is
+fsynced and renamed into place; then ``latest`` is replaced (temporary file, fsync, rename); only then are
+checkpoints beyond ``keep`` removed. A failure on the way (disk full, no permission, a kill) leaves at most a
+temporary folder, never a folder that looks complete, and the previous checkpoint untouched.
+Reading verifies the manifest: a missing, truncated or altered file is an error that names the file.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
+import re
+import shutil
 import tempfile
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from npo_lab.utils import capture_rng
+from npo_lab.utils import capture_rng, restore_rng
 
-FORMAT = "npo_lab-checkpoint-v1"
+FORMAT = "npo_lab-checkpoint-v2"
+LEGACY_FORMAT = "npo_lab-checkpoint-v1"
+"""Single ``.pt`` files of earlier versions: still readable (no checksums), never written."""
+STATE_FILE, MANIFEST = "state.pt", "manifest.json"
+_NAME = re.compile(r"^step_(\d+)$")
 
 
-def save_training_checkpoint(
-    path: str | Path, state: Any, extra: dict[str, Any] | None = None, policy: Any = None, optimizer: bool = True
-) -> Path:
-    """Write weights (+ backend RNG), optimizer, global RNGs, data cursor and step to ``path`` atomically.
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file and what is wrong."""
 
-    ``policy`` is ``state.backend.save()`` when not given. A checkpoint that lives in a folder of its own (the
-    Qwen3-VL backend's ``save_pretrained`` folders) offers ``persist(dest)``: it is copied beside ``path`` as
-    ``<name>.policy/`` and the file records where. The previous file at ``path`` stays intact until the new one
-    is complete on disk. ``optimizer=False`` leaves the optimizer state out (a sharded optimizer: one rank's
-    shard is not a state to resume from)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    policy = state.backend.save() if policy is None else policy
-    if hasattr(policy, "persist"):
-        policy = policy.persist(path.with_name(path.stem + ".policy").resolve())
-    doc = {
-        "format": FORMAT,
-        "step": state.step,
-        "policy": policy,
-        "optimizer": state.optimizer.state_dict() if optimizer else None,
-        "rng": capture_rng(),
-        "sampler": state.sampler.state_dict(),
-        "extra": extra or {},
-    }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+
+# ---- folder-backed policies ------------------------------------------------------------------------
+class FolderHandle(dict):
+    """A folder-backed checkpoint read back from a training checkpoint: a dict with ``path`` and the backend's
+    other entries (e.g. ``rng``), which is what a folder-saving backend's ``load``/``rollout`` accept.
+
+    The folder is a private hard-linked copy of the checkpoint's (no bytes are copied on one file system), removed
+    when the handle is garbage-collected, so an old checkpoint can be deleted by the retention rule while a
+    resumed run still samples from its guide. :meth:`persist` writes it into a newer checkpoint."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], owned: bool = True) -> None:
+        super().__init__(meta, path=str(path))
+        if owned:
+            weakref.finalize(self, shutil.rmtree, str(path), True)
+
+    def persist(self, dest: str | Path) -> dict[str, Any]:
+        _link_tree(Path(self["path"]), Path(dest))
+        return {**self, "path": str(dest)}
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Copy the folder ``src`` to ``dest`` with hard links (a real copy where links are not possible)."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=link)
+
+
+def _persist_folders(doc: Any, folder: Path, where: str = "") -> Any:
+    """``doc`` with every object that has ``persist(dest)`` written into ``folder/<name>`` and replaced by
+    ``{"__folder__": name, ...}`` (the object's other entries, without its absolute path)."""
+    done: dict[int, dict[str, Any]] = {}
+
+    def walk(x: Any, key: str) -> Any:
+        if hasattr(x, "persist"):
+            if id(x) not in done:
+                name = re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-.") or "policy"
+                meta = x.persist(folder / name)
+                done[id(x)] = {"__folder__": name, **{k: v for k, v in meta.items() if k != "path"}}
+            return done[id(x)]
+        if isinstance(x, dict):
+            return type(x)((k, walk(v, f"{key}.{k}" if key else str(k))) for k, v in x.items())
+        if isinstance(x, list | tuple):
+            return type(x)(walk(v, key) for v in x)
+        return x
+
+    return walk(doc, where)
+
+
+def _resolve_folders(doc: Any, ckpt: Path, scratch: Path) -> Any:
+    """Inverse of :func:`_persist_folders`: each ``{"__folder__": name}`` becomes a :class:`FolderHandle` on a
+    hard-linked copy of ``ckpt/name`` in ``scratch``."""
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict) and "__folder__" in x:
+            name = x["__folder__"]
+            src = ckpt / name
+            if not src.is_dir():
+                raise CheckpointError(f"checkpoint {ckpt} lacks the folder {name}/ its state refers to")
+            dest = scratch / name
+            _link_tree(src, dest)
+            return FolderHandle(dest, {k: v for k, v in x.items() if k != "__folder__"})
+        if isinstance(x, dict):
+            return type(x)((k, walk(v)) for k, v in x.items())
+        if isinstance(x, list | tuple):
+            return type(x)(walk(v) for v in x)
+        return x
+
+    return walk(doc)
+
+
+_PLAIN = (torch.Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.Size)
+
+
+def check_plain(doc: Any, where: str = "state") -> None:
+    """Raise :class:`CheckpointError` naming the first value ``torch.load(weights_only=True)`` could not read back
+    (anything but tensors, numbers, strings, None and dicts / lists / tuples of them)."""
+    if isinstance(doc, _PLAIN):
+        return
+    if type(doc) in (dict, OrderedDict):  # exact types: a subclass would be pickled by its class name
+        for k, v in doc.items():
+            if not isinstance(k, str | int | float | bool | type(None)):
+                raise CheckpointError(f"cannot checkpoint {where}: key {k!r} is a {type(k).__name__}")
+            check_plain(v, f"{where}[{k!r}]")
+        return
+    if type(doc) in (list, tuple):
+        for i, v in enumerate(doc):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise CheckpointError(
+        f"cannot checkpoint {where}: a {type(doc).__module__}.{type(doc).__name__} is not a plain value "
+        "(tensors, numbers, strings, None, dicts and lists are)"
+    )
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fsync it (the one place checkpoint bytes reach the disk)."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            yield p
+
+
+def save_checkpoint(root: str | Path, step: int, doc: dict[str, Any], keep: int = 0) -> Path:
+    """Write ``doc`` as ``root/step_<step>/`` atomically, point ``root/latest`` at it, then keep only the newest
+    ``keep`` checkpoints (0 keeps all). Objects in ``doc`` with ``persist(dest)`` (folder-backed policies) become
+    folders beside ``state.pt``. Returns the checkpoint's folder.
+
+    Raises :class:`CheckpointError` (naming the folder, the cause and the checkpoint that is kept) when anything
+    fails; nothing is then marked as latest and the temporary folder is removed."""
+    root = Path(root)
+    final = root / f"step_{step:06d}"
+    previous = latest_checkpoint(root) if root.is_dir() else None
+    tmp: Path | None = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+        body = _persist_folders(doc, tmp)
+        check_plain(body)
+        import io
+
+        buf = io.BytesIO()
+        torch.save(body, buf)
+        _write_file(tmp / STATE_FILE, buf.getvalue())
+        files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
+        manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files}
+        _write_file(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        for d in sorted({p.parent for p in _files(tmp)}, key=lambda p: -len(p.parts)):
+            _fsync_dir(d)
+        if final.exists():  # the same step written again (a resumed run): the new one replaces it
+            old = root / f".{final.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        tmp = None
+        _fsync_dir(root)
+        _replace_text(root / "latest", final.name + "\n")
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError | CheckpointError):
+            kept = f"the last complete checkpoint ({previous}) is kept" if previous else "no earlier checkpoint exists"
+            cause = f"{e.strerror} [{errno.errorcode.get(e.errno, e.errno)}]" if isinstance(e, OSError) else str(e)
+            raise CheckpointError(f"could not write checkpoint {final}: {cause}; {kept}") from e
         raise
-    return path
+    if keep > 0:
+        for old_ckpt in list_checkpoints(root)[:-keep]:
+            if old_ckpt != final:
+                shutil.rmtree(old_ckpt, ignore_errors=True)
+    return final
 
 
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_training_checkpoint`; errors name the file and the problem."""
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    _write_file(tmp, text.encode())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints in ``root`` (those with a manifest), oldest first (by step)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / MANIFEST).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``root``, or None."""
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check every file of checkpoint ``path`` against its manifest; returns the manifest."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: it has no {MANIFEST} (its write was interrupted)")
+    try:
+        manifest = json.loads(mf.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {mf} is corrupted: {e}") from e
+    for rel, info in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing")
+        size = f.stat().st_size
+        if size != info["size"]:
+            raise CheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, {info['size']} written")
+        if _sha256(f) != info["sha256"]:
+            raise CheckpointError(f"checkpoint file {f} is corrupted: its SHA-256 differs from the one written")
+    return manifest
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Verify and read checkpoint ``path`` (a folder written by :func:`save_checkpoint`; a legacy ``.pt`` file is
+    read without checksums). Folder-backed policies come back as :class:`FolderHandle` s."""
+    path = Path(path)
+    if path.is_file():
+        return _load_legacy(path)
+    verify_checkpoint(path)
+    try:
+        body = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # the checksum matched, so this is a file written by another version
+        raise CheckpointError(f"checkpoint file {path / STATE_FILE} is unreadable: {e}") from e
+    scratch = Path(tempfile.mkdtemp(prefix=".resumed-", dir=path.parent))
+    doc = _resolve_folders(body, path, scratch)
+    _remove_when_empty(scratch)
+    return doc
+
+
+def _remove_when_empty(scratch: Path) -> None:
+    """The scratch folder holds only the handles' folders, each removed with its handle; drop it if unused."""
+    try:
+        scratch.rmdir()
+    except OSError:
+        pass  # holds a handle's folder: the handle removes that, a later resume removes the empty parent
+
+
+def _load_legacy(path: Path) -> dict[str, Any]:
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupted, or not a torch file
-        raise ValueError(f"checkpoint {path} is unreadable (truncated or corrupted?): {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} is not an {FORMAT} file")
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted?): {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != LEGACY_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an npo_lab checkpoint")
+    policy = doc.get("policy")
+    if isinstance(policy, dict) and "path" in policy:  # v1 folder policies were absolute paths beside the file
+        doc["policy"] = FolderHandle(Path(policy["path"]), {k: v for k, v in policy.items() if k != "path"}, False)
     return doc
+
+
+def clean_stale(root: str | Path) -> list[Path]:
+    """Remove what interrupted writes and earlier resumed processes left in ``root`` (temporary folders);
+    returns them. Call it only when no other process writes to ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)]
+    stale += [p for p in root.iterdir() if p.name.startswith(".resumed-")]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
+# ---- the training state ----------------------------------------------------------------------------
+def training_state(
+    state: Any,
+    loop: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    *,
+    policy: Any = None,
+    optimizer: bool = True,
+) -> dict[str, Any]:
+    """The document a training checkpoint holds for ``state`` (a :class:`npo_lab.trainer.TrainState`).
+
+    Args:
+        state: the training state.
+        loop: the training loop's own state (from :func:`npo_lab.trainer.train`'s ``save_checkpoint`` hook):
+            the guide source's state, counters and results so far.
+        extra: anything else the caller resumes from (e.g. the loggers' file positions).
+        policy: ``state.backend.save()`` when not given (pass it when saving is a collective).
+        optimizer: False leaves the optimizer state out (a sharded optimizer: one rank's shard is no state to
+            resume from); such a checkpoint cannot be resumed exactly.
+    """
+    return {
+        "format": FORMAT,
+        "step": state.step,
+        "policy": state.backend.save() if policy is None else policy,
+        "optimizer": state.optimizer.state_dict() if optimizer else None,
+        "ref_policy": state.ref_policy,
+        "rng": capture_rng(),
+        "sampler": state.sampler.state_dict(),
+        "loop": loop or {},
+        "extra": extra or {},
+    }
+
+
+def save_training_checkpoint(
+    root: str | Path,
+    state: Any,
+    loop: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    keep: int = 0,
+    *,
+    policy: Any = None,
+    optimizer: bool = True,
+) -> Path:
+    """:func:`save_checkpoint` of :func:`training_state` as ``root/step_<state.step>/``."""
+    doc = training_state(state, loop, extra, policy=policy, optimizer=optimizer)
+    return save_checkpoint(root, state.step, doc, keep=keep)
+
+
+def restore_training_state(state: Any, doc: dict[str, Any]) -> None:
+    """Put ``state`` where the checkpoint ``doc`` was taken: weights and sampling RNG, optimizer, reference policy,
+    data cursor, step, and (last, so nothing after it draws from them) every global RNG."""
+    if doc.get("optimizer") is None:
+        raise CheckpointError(
+            f"checkpoint of step {doc.get('step')} holds no optimizer state (written by a sharded run): resuming "
+            "from it would not be exact"
+        )
+    state.backend.load(doc["policy"])
+    state.optimizer.load_state_dict(doc["optimizer"])
+    state.ref_policy = doc.get("ref_policy")
+    state.sampler.load_state_dict(doc["sampler"])
+    state.step = int(doc["step"])
+    restore_rng(doc["rng"])
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (folder or legacy file); errors name the file and the problem."""
+    return load_checkpoint(path)

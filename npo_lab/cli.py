@@ -143,7 +143,7 @@ class TrainCommand(ExperimentConfig):
     """Method: grpo, npo, autonpo, luffy, exgrpo or rlep, optionally with overrides as in compare's --methods
     (e.g. npo:delta=5)."""
     previous: str = ""
-    """rlep only: a checkpoint file written by 'npo-lab train' whose policy decodes the replay pool; empty = train
+    """rlep only: a checkpoint (folder) written by 'npo-lab train' whose policy decodes the replay pool; empty = train
     a plain GRPO run of rlep.source_steps (or steps) steps first, unlogged."""
     seed: int = 0
     """Seed of the run (model init, warm start, sampling)."""
@@ -151,6 +151,11 @@ class TrainCommand(ExperimentConfig):
     """Parent folder; the run writes to <out>/<task>__<method>__<seed>__<unix time>/."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    resume: str = ""
+    """Continue a run exactly where it stopped: its run folder (from the newest complete checkpoint in it; with
+    none, the run starts again in that folder) or one checkpoint folder (<run>/checkpoints/step_000120). The run's
+    config.json is the config; other flags may change only steps, threads, tensorboard, checkpoint_every and
+    keep_checkpoints."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,8 +163,8 @@ class TrainCommand(ExperimentConfig):
         if self.previous:
             if self.method.split(":")[0] != "rlep":
                 raise ValueError(f"previous is only read by --method rlep, not {self.method!r}")
-            if not Path(self.previous).is_file():
-                raise ValueError(f"previous: checkpoint file {self.previous} does not exist")
+            if not Path(self.previous).exists():
+                raise ValueError(f"previous: checkpoint {self.previous} does not exist")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
@@ -298,6 +303,10 @@ def parse(command: str, argv: list[str]) -> Any:
 
     cls = COMMANDS[command]
     default = None
+    resume = _flag_value(argv, "--resume") if command == "train" else None
+    if resume and _flag_value(argv, "--config") is None:  # a resumed run's config is its own config.json
+        run_dir, _ = resume_target(resume)
+        default = load_config_file(cls, str(run_dir / "config.json"))
     rest: list[str] = []
     i = 0
     while i < len(argv):
@@ -314,7 +323,58 @@ def parse(command: str, argv: list[str]) -> Any:
     kwargs: dict[str, Any] = {"prog": f"npo-lab {command}", "args": rest}
     if default is not None:
         kwargs["default"] = default
-    return tyro.cli(cls, **kwargs)
+    cfg = tyro.cli(cls, **kwargs)
+    if resume:
+        check_resume_config(cfg)
+    return cfg
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` in ``argv`` (``--flag X`` or ``--flag=X``), or None."""
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+RESUME_MAY_CHANGE = {"steps", "threads", "tensorboard", "checkpoint_every", "keep_checkpoints", "resume", "out"}
+"""Fields a resumed run may set differently from the run's config.json (nothing that changes its trajectory)."""
+
+
+def resume_target(path: str) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint folder or None) of ``--resume path``: a run folder (its newest complete checkpoint,
+    None when it has none) or one checkpoint folder."""
+    from npo_lab.checkpoint import MANIFEST, latest_checkpoint
+
+    p = Path(path)
+    if p.is_file():
+        raise ValueError(
+            f"resume: {path} is a single-file checkpoint of an earlier version; it holds no loop state "
+            "and cannot be resumed exactly (pass a run folder or a checkpoint folder)"
+        )
+    if p.is_dir() and (p / "config.json").is_file():
+        return p, latest_checkpoint(p / "checkpoints")
+    if p.is_dir() and ((p / MANIFEST).is_file() or p.name.startswith("step_")):
+        run_dir = p.parent.parent
+        if not (run_dir / "config.json").is_file():
+            raise ValueError(f"resume: {run_dir} (the run folder of {path}) has no config.json")
+        return run_dir, p
+    raise ValueError(f"resume: {path} is neither a run folder (with config.json) nor a checkpoint folder")
+
+
+def check_resume_config(cfg: Any) -> None:
+    """A resumed run keeps its trajectory: refuse flags that change anything but RESUME_MAY_CHANGE."""
+    run_dir, _ = resume_target(cfg.resume)
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = _flatten(to_dict(cfg))
+    diff = [k for k, v in _flatten(saved).items() if k not in RESUME_MAY_CHANGE and now.get(k, v) != v]
+    if diff:
+        raise ValueError(
+            f"resume: {', '.join(f'{k} ({_flatten(saved)[k]!r} -> {now[k]!r})' for k in diff)} differ from "
+            f"{run_dir / 'config.json'}; a resumed run may change only {', '.join(sorted(RESUME_MAY_CHANGE))}"
+        )
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -387,6 +447,7 @@ def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
         eval_every=cfg.eval_every,
         final_evals=cfg.final_evals,
         checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
         tensorboard=cfg.tensorboard,
     )
     doc = compare(
@@ -409,82 +470,149 @@ def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
 
 
 def run_train(cfg: TrainCommand) -> Any:
+    import os
+
     import torch
 
-    from npo_lab.checkpoint import save_training_checkpoint
+    from npo_lab.checkpoint import (
+        CheckpointError,
+        clean_stale,
+        latest_checkpoint,
+        list_checkpoints,
+        restore_training_state,
+        save_training_checkpoint,
+    )
     from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
     from npo_lab.sources import make_source
-    from npo_lab.trainer import make_state, train
+    from npo_lab.trainer import NonFiniteError, make_state, train
     from npo_lab.utils import seed_everything
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    import os
-
     # under torchrun / accelerate launch every rank trains; rank 0 alone writes the run folder
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     label = cfg.method.replace(":", "_").replace("=", "-")
-    run_dir = Path(cfg.out) / f"{run_label(cfg)}__{label}__{cfg.seed}__{int(time.time())}"
+    ckpt, doc = None, None
+    if cfg.resume:
+        if world > 1:
+            raise ValueError("resume runs in one process: checkpoints of a sharded run hold no optimizer state")
+        run_dir, ckpt = resume_target(cfg.resume)
+        clean_stale(run_dir / "checkpoints")  # what interrupted writes of the previous process left
+        doc = _read_resume_checkpoint(ckpt) if ckpt is not None else None
+    else:
+        run_dir = Path(cfg.out) / f"{run_label(cfg)}__{label}__{cfg.seed}__{int(time.time())}"
+    ckpt_root = run_dir / "checkpoints"
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
         print(f"run folder: {run_dir}")
+        if cfg.resume:
+            assert ckpt is None or doc is not None
+            print(f"resuming from {ckpt} (step {doc['step']})" if doc else "no complete checkpoint: starting over")
+            if doc is not None:  # checkpoints after the one resumed from belong to a trajectory no longer followed
+                later = [p for p in list_checkpoints(ckpt_root) if p.name > ckpt.name]
+                if later:
+                    aside = ckpt_root / f"superseded-{int(time.time())}"
+                    aside.mkdir()
+                    for p in later:
+                        p.rename(aside / p.name)
+                    print(f"moved {len(later)} later checkpoint(s) to {aside}")
         print("| parameter | value |\n|---|---|")
         for k, v in _flatten(to_dict(cfg)).items():
             print(f"| {k} | {v} |")
     seed_everything(cfg.seed)
     backend = backend_factory(cfg)(cfg.seed)
     state = make_state(backend, cfg.grpo, cfg.seed)
-    loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")] if main_rank else []
-    if cfg.tensorboard and main_rank:
-        loggers.append(TensorBoardLogger(run_dir))
+    resumed = doc.get("extra", {}) if doc else {}
+    loggers: list[Any] = []
+    csv_log = events = None
+    if main_rank:
+        csv_log = CSVLogger(run_dir / "metrics.csv", resume_at=resumed.get("csv"))
+        events = EventLog(run_dir, resume_at=tuple(resumed["events"]) if "events" in resumed else None)
+        loggers.append(csv_log)
+        if cfg.tensorboard:
+            loggers.append(TensorBoardLogger(run_dir, purge_step=doc["step"] if doc else None))
     logger = MultiLogger(*loggers)
 
-    def save(st: Any) -> None:
+    def save(st: Any, loop: dict[str, Any]) -> None:
         policy = st.backend.save()  # collective on a sharded model: every rank takes part
         if not main_rank:
             return
-        sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        p = save_training_checkpoint(
-            run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st, policy=policy, optimizer=not sharded
+        assert csv_log is not None and events is not None
+        logger.flush()
+        extra = {"csv": csv_log.position(), "events": list(events.position()), "world_size": world}
+        save_training_checkpoint(
+            ckpt_root, st, loop, extra, keep=cfg.keep_checkpoints, policy=policy, optimizer=world == 1
         )
-        (run_dir / "checkpoints" / "latest").write_text(p.name + "\n")
 
     method, cfgs = parse_method(cfg.method, cfg.method_configs)
     teacher = previous = None
     if method == "luffy":
         teacher = backend.teacher()
-    if method == "rlep":
+    if method == "rlep" and doc is None:  # a resumed rlep run restores its pool from the checkpoint
         previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps, backend)
     source = make_source(method, cfgs, cfg.steps, grpo=cfg.grpo, teacher=teacher, previous=previous, seed=cfg.seed)
-    events = EventLog(run_dir) if main_rank else None
+    if doc is not None:
+        restore_training_state(state, doc)  # last: it restores every global RNG
     from tqdm import tqdm
 
-    with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step", disable=not main_rank) as bar:
-        res = train(
-            state,
-            source,
-            cfg,
-            cfg.grpo,
-            seed=cfg.seed,
-            logger=logger,
-            on_step=bar.update,
-            save_checkpoint=save,
-            events=events,
-        )
-    if hasattr(backend, "close"):
-        backend.close()
-    logger.close()
+    try:
+        with tqdm(total=cfg.steps, desc=f"train {cfg.method}", unit="step", disable=not main_rank) as bar:
+            bar.update(state.step)
+            res = train(
+                state,
+                source,
+                cfg,
+                cfg.grpo,
+                seed=cfg.seed,
+                logger=logger,
+                on_step=bar.update,
+                save_checkpoint=save,
+                events=events,
+                resume=doc["loop"] if doc else None,
+            )
+    except (NonFiniteError, CheckpointError) as e:
+        last = latest_checkpoint(ckpt_root)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written (see checkpoint_every)"
+        raise type(e)(f"{e}; {kept}") from e
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+        logger.close()
+        if events is not None:
+            events.close()
     if not main_rank:
         return res
-    assert events is not None
-    events.close()
     (run_dir / "result.json").write_text(json.dumps(dataclasses.asdict(res), indent=2) + "\n")
     print(
         f"final accuracy {res.final_accuracy:.3f} after {cfg.steps} steps (+{res.lookahead_steps} look-ahead), "
         f"{res.wall_s:.1f} s; metrics in {run_dir}"
     )
     return res
+
+
+def _read_resume_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Load the checkpoint a run resumes from; if it is damaged, the error names the file and the newest intact
+    earlier checkpoint to resume from instead."""
+    from npo_lab.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, verify_checkpoint
+
+    try:
+        doc = load_checkpoint(ckpt)
+    except CheckpointError as e:
+        intact = None
+        for p in reversed([p for p in list_checkpoints(ckpt.parent) if p.name < ckpt.name]):
+            try:
+                verify_checkpoint(p)
+                intact = p
+                break
+            except CheckpointError:
+                continue
+        hint = f"; the newest intact earlier checkpoint is {intact}: --resume {intact}" if intact else ""
+        raise CheckpointError(f"{e}{hint}") from e
+    if not doc.get("loop"):
+        raise CheckpointError(f"resume: checkpoint {ckpt} holds no training-loop state (an earlier version wrote it)")
+    return doc
 
 
 def run_qvs(cfg: QVSCommand, command: str) -> dict[str, Any]:
@@ -565,7 +693,7 @@ def _previous_policy(cfg: TrainCommand, steps: int, backend: Any) -> Any:
     if cfg.previous:
         from npo_lab.checkpoint import load_training_checkpoint
 
-        return load_training_checkpoint(cfg.previous)["policy"]
+        return load_training_checkpoint(cfg.previous)["policy"]  # a checkpoint folder, or a legacy .pt file
     from npo_lab.trainer import make_state, train
     from npo_lab.utils import seed_everything
 

@@ -115,8 +115,8 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
         logger = MultiLogger(*loggers)
         events = EventLog(run_dir)
 
-        def save(st: Any, run_dir: Path = run_dir) -> None:
-            save_training_checkpoint(run_dir / "checkpoints" / f"step_{st.step:06d}.pt", st)
+        def save(st: Any, loop: dict[str, Any], run_dir: Path = run_dir) -> None:
+            save_training_checkpoint(run_dir / "checkpoints", st, loop, keep=job.run.keep_checkpoints)
 
         res = train(
             state,

@@ -57,6 +57,12 @@ class GRPOConfig:
     """Passes over each batch (PPO epochs). 1 keeps GRPO on-policy. [assumption]"""
     lr: float = 3e-4
     """Adam learning rate. [assumption: 1e-3 made GRPO collapse on the tiny simulation model, 3e-4 learns]"""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning rate over the run's steps: constant, or linear / cosine decay to 0 at the last step, after
+    lr_warmup_steps of linear warm-up. A function of the step alone, so look-ahead steps follow it and a resumed
+    run gets it back exactly. [assumption: constant (verl's default); the paper does not say]"""
+    lr_warmup_steps: int = 0
+    """Steps of linear warm-up from lr / (lr_warmup_steps + 1) to lr at the start of the run."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip; 0 disables it."""
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
@@ -98,6 +104,7 @@ class GRPOConfig:
         _check(self.micro_batch_size >= 0, "grpo.micro_batch_size", self.micro_batch_size, ">= 0")
         _check(self.epochs >= 1, "grpo.epochs", self.epochs, ">= 1")
         _check(self.lr > 0, "grpo.lr", self.lr, "> 0")
+        _check(self.lr_warmup_steps >= 0, "grpo.lr_warmup_steps", self.lr_warmup_steps, ">= 0")
         _check(self.max_grad_norm >= 0, "grpo.max_grad_norm", self.max_grad_norm, ">= 0")
         _check(0 <= self.clip_eps_low < 1, "grpo.clip_eps_low", self.clip_eps_low, "in [0, 1)")
         _check(self.clip_eps_high >= 0, "grpo.clip_eps_high", self.clip_eps_high, ">= 0")
@@ -109,6 +116,25 @@ class GRPOConfig:
     def prompts_per_step(self) -> int:
         """Groups per batch: batch_size / group_size."""
         return self.batch_size // self.group_size
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of training step ``step`` of ``total_steps`` (0 = no known end: no decay).
+
+        >>> g = GRPOConfig(lr=1.0, lr_schedule="linear", lr_warmup_steps=1)
+        >>> [round(g.lr_at(s, 5), 2) for s in range(5)]
+        [0.5, 1.0, 0.75, 0.5, 0.25]
+        """
+        import math
+
+        if step < self.lr_warmup_steps:
+            return self.lr * (step + 1) / (self.lr_warmup_steps + 1)
+        if self.lr_schedule == "constant" or total_steps <= 0:
+            return self.lr
+        span = max(total_steps - self.lr_warmup_steps, 1)
+        frac = min(max((step - self.lr_warmup_steps) / span, 0.0), 1.0)  # 0 at the end of warm-up, 1 at the end
+        if self.lr_schedule == "linear":
+            return self.lr * (1.0 - frac)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 @dataclass
@@ -332,6 +358,9 @@ class RunConfig:
     """'Final accuracy' is the mean over this many last evaluations (smooths eval noise)."""
     checkpoint_every: int = 0
     """Save a checkpoint every this many steps; 0 saves only the final one."""
+    keep_checkpoints: int = 3
+    """Keep the newest this many checkpoints of a run (older ones are removed once a newer one is complete); 0
+    keeps all. [assumption]"""
     tensorboard: bool = True
     """Write TensorBoard event files next to metrics.csv."""
 
@@ -340,6 +369,7 @@ class RunConfig:
         _check(self.eval_every >= 1, "eval_every", self.eval_every, ">= 1")
         _check(self.final_evals >= 1, "final_evals", self.final_evals, ">= 1")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
+        _check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, ">= 0 (0 keeps all)")
 
 
 def check_compatible(grpo: GRPOConfig, cfgs: MethodConfigs | NPOConfig, method: str = "npo", label: str = "") -> None:

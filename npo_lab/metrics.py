@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 
 class Logger(Protocol):
@@ -27,15 +28,35 @@ class NullLogger:
         pass
 
 
-class CSVLogger:
-    """Appends ``step,name,value`` rows to ``path`` (long format: every metric, whenever it is logged)."""
+def _reopen(path: Path, at: int | None, newline: str | None = None) -> TextIO:
+    """``path`` opened for writing: a new file, or (``at`` = a size recorded by :meth:`position` in a checkpoint)
+    the existing file cut back to that size, for appending, so a resumed run's rows follow the checkpoint's."""
+    if at is None:
+        return path.open("w", newline=newline)
+    if not path.is_file() or path.stat().st_size < at:
+        raise ValueError(f"cannot resume {path}: it is missing or shorter ({at} bytes were written before)")
+    with path.open("r+b") as f:
+        f.truncate(at)
+    return path.open("a", newline=newline)
 
-    def __init__(self, path: str | Path) -> None:
+
+class CSVLogger:
+    """Appends ``step,name,value`` rows to ``path`` (long format: every metric, whenever it is logged).
+
+    ``resume_at``: continue a file at the size :meth:`position` returned when a checkpoint was written."""
+
+    def __init__(self, path: str | Path, resume_at: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("w", newline="")
+        self._f = _reopen(self.path, resume_at, newline="")
         self._w = csv.writer(self._f)
-        self._w.writerow(["step", "name", "value"])
+        if resume_at is None:
+            self._w.writerow(["step", "name", "value"])
+
+    def position(self) -> int:
+        """Flush and return the file's size (what a checkpoint records to resume from)."""
+        self._f.flush()
+        return os.fstat(self._f.fileno()).st_size
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for k in sorted(metrics):
@@ -52,10 +73,11 @@ class CSVLogger:
 class TensorBoardLogger:
     """Scalars to TensorBoard event files (``tensorboard --logdir <run dir>``)."""
 
-    def __init__(self, logdir: str | Path) -> None:
+    def __init__(self, logdir: str | Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is slow to import
 
-        self._w = SummaryWriter(str(logdir))
+        # purge_step (a resumed run): TensorBoard hides the earlier events at or after this step
+        self._w = SummaryWriter(str(logdir), purge_step=purge_step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
@@ -91,11 +113,17 @@ class EventLog:
     """The decisions a guide source takes (interventions, AutoNPO's candidate scores, replay-pool builds), as
     they happen: ``events.jsonl`` (one JSON object per line) and ``events.log`` (one readable line each)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, resume_at: tuple[int, int] | None = None) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self._json = (folder / "events.jsonl").open("w")
-        self._text = (folder / "events.log").open("w")
+        self._json = _reopen(folder / "events.jsonl", resume_at[0] if resume_at else None)
+        self._text = _reopen(folder / "events.log", resume_at[1] if resume_at else None)
+
+    def position(self) -> tuple[int, int]:
+        """Flush and return both files' sizes (see :meth:`CSVLogger.position`)."""
+        self._json.flush()
+        self._text.flush()
+        return os.fstat(self._json.fileno()).st_size, os.fstat(self._text.fileno()).st_size
 
     def __call__(self, event: dict) -> None:
         import json

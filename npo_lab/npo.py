@@ -128,6 +128,14 @@ class NearFutureGuide(GuideSource):
         end = min(default_end, self.total_steps)
         self.until = min(end, t + self.cfg.guidance_window) if self.cfg.guidance_window else end
 
+    def state_dict(self) -> dict[str, Any]:
+        # the guide checkpoint pi_{t+Delta} (a backend checkpoint: weights + RNG, or a folder) and its window
+        return {**super().state_dict(), "checkpoint": self.checkpoint, "until": self.until}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.checkpoint, self.until = d["checkpoint"], int(d["until"])
+
     def before_step(self, state: Any, plain_step: Callable[[], dict[str, float]]) -> dict[str, float]:
         """Look ahead if ``state.step`` is an intervention step; returns ``npo/*`` metrics."""
         t = state.step
@@ -181,6 +189,20 @@ class AutoNPOGuide(NearFutureGuide):
         self.controller = AutoNPOController(auto)
         self.pool = MistakePool(auto.pool_size, auto.pool_refresh)
         self.chosen: list[int] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "controller": self.controller.state_dict(),
+            "pool": self.pool.state_dict(),
+            "chosen": list(self.chosen),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.controller.load_state_dict(d["controller"])
+        self.pool.load_state_dict(d["pool"])
+        self.chosen = list(d["chosen"])
 
     def before_step(self, state: Any, plain_step: Callable[[], dict[str, float]]) -> dict[str, float]:
         t = state.step

@@ -97,7 +97,24 @@ class GuideSource:
             self.emit(ev)
 
     def setup(self, state: Any) -> None:
-        """Called once before the first step."""
+        """Called once before the first step (not again when a run resumes from a checkpoint)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this source carries from step to step, for exact resume: plain Python values, tensors and
+        backend checkpoints (a training checkpoint stores them). Subclasses extend it with their pools."""
+        return {
+            "interventions": list(self.interventions),
+            "intervention_costs": list(self.intervention_costs),
+            "lookahead_seconds": self.lookahead_seconds,
+            "events": list(self.events),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.interventions = list(d["interventions"])
+        self.intervention_costs = list(d["intervention_costs"])
+        self.lookahead_seconds = float(d["lookahead_seconds"])
+        self.events = list(d["events"])
 
     def before_step(self, state: Any, plain_step: Callable[[], dict[str, float]]) -> dict[str, float]:
         return {}
@@ -187,6 +204,16 @@ class ExperienceReplay(GuideSource):
         self.started = False
         self.rng = random.Random(seed + 4241)
         self.replay: dict[int, RolloutBatch] = {}  # this step's replay row per pool prompt
+
+    def state_dict(self) -> dict[str, Any]:
+        pool = [[p, k, [r.state_dict() for r in rows]] for p, (k, rows) in self.pool.items()]
+        return {**super().state_dict(), "pool": pool, "started": self.started, "rng": self.rng.getstate()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.pool = {int(p): (int(k), [RolloutBatch.from_state_dict(r) for r in rows]) for p, k, rows in d["pool"]}
+        self.started = bool(d["started"])
+        self.rng.setstate(_rng_state(d["rng"]))
 
     def _bucket_weight(self, k: int) -> float:
         return math.exp(-((k - self.g / 2) ** 2) / (2 * self.cfg.bucket_sigma**2))
@@ -293,13 +320,22 @@ class PriorRunReplay(GuideSource):
         decode_chunk: int = 64,
     ) -> None:
         super().__init__()
-        if previous is None:
-            raise ValueError("rlep needs the final checkpoint of a previous run to decode its pool from")
         self.cfg, self.previous, self.decode_chunk, self.thr = cfg, previous, decode_chunk, correct_threshold
         self.pool: dict[int, list[RolloutBatch]] = {}
         self.rng = random.Random(seed + 7411)
 
+    def state_dict(self) -> dict[str, Any]:
+        pool = [[p, [r.state_dict() for r in rows]] for p, rows in self.pool.items()]
+        return {**super().state_dict(), "pool": pool, "rng": self.rng.getstate()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.pool = {int(p): [RolloutBatch.from_state_dict(r) for r in rows] for p, rows in d["pool"]}
+        self.rng.setstate(_rng_state(d["rng"]))
+
     def setup(self, state: Any) -> None:
+        if self.previous is None:  # a resumed run restores its pool instead (load_state_dict)
+            raise ValueError("rlep needs the final checkpoint of a previous run to decode its pool from")
         n = state.backend.num_prompts
         decoded = 0
         for start in range(0, n, self.decode_chunk):
@@ -334,6 +370,12 @@ class PriorRunReplay(GuideSource):
             dict(guide_loss=self.cfg.guide_loss),
             {"rlep/pool_prompts": float(len(self.pool))},
         )
+
+
+def _rng_state(saved: Any) -> tuple[Any, ...]:
+    """A ``random.Random`` state read back from a checkpoint (lists there, tuples for ``setstate``)."""
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)
 
 
 def make_source(

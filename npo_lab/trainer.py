@@ -38,6 +38,8 @@ class TrainState:
     sampler: PromptSampler
     step: int = 0
     ref_policy: Checkpoint | None = None
+    total_steps: int = 0
+    """The run's length, for the learning-rate schedule (0: unknown, no decay); set by :func:`train`."""
 
 
 def make_state(backend: Backend, grpo: GRPOConfig, seed: int) -> TrainState:
@@ -62,11 +64,16 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     Returns the step's metrics (``reward/``, ``policy/``, ``loss/``, ``guide/``, ``time/``).
     """
     backend, m = state.backend, {}
+    lr = grpo.lr_at(state.step, state.total_steps)  # a function of the step: look-ahead steps follow the schedule
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    m["charts/lr"] = lr
     prompts = state.sampler.next(grpo.prompts_per_step)
     if source is not None:
         prompts = source.choose_prompts(state, prompts)
     with timed(m, "rollout"):
         b = backend.rollout(prompts, grpo.group_size)  # B = prompts x G rows
+    _check_rewards(b, state.step, "on-policy")
     rollout = b  # the on-policy groups before any guide row is merged
     m["reward/on_policy_mean"] = b.rewards.float().mean().item()
 
@@ -77,6 +84,8 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
             if plan is not None:
                 m.update(plan.metrics)
                 guide_kw = plan.loss
+            if plan is not None and plan.rows.size:
+                _check_rewards(plan.rows, state.step, "guide")
             if plan is not None and plan.rows.size and plan.targets:
                 if plan.mode == "append":
                     b, gm = append_guides(b, plan.rows, plan.targets, plan.k, grpo.correct_threshold)
@@ -146,6 +155,18 @@ def grpo_step(state: TrainState, grpo: GRPOConfig, source: GuideSource | None = 
     if source is not None:
         source.after_step(state, b, old_entropy, m, rollout)
     return m
+
+
+def _check_rewards(b: RolloutBatch, step: int, kind: str) -> None:
+    """A verifier or reward function that returned NaN or Inf stops the run here, naming the rows, before the
+    value can reach the advantages and the weights."""
+    bad = torch.nonzero(~torch.isfinite(b.rewards)).squeeze(-1)
+    if len(bad):
+        rows = bad[:5].tolist()
+        raise NonFiniteError(
+            f"step {step}: reward of {len(bad)} {kind} row(s) is non-finite (rows {rows}, prompts "
+            f"{b.group_ids[bad[:5]].tolist()}: {b.rewards[bad[:5]].tolist()}); check the reward function"
+        )
 
 
 def _normalizer(mask: torch.Tensor, aggregation: str) -> float:
@@ -320,13 +341,18 @@ def train(
     seed: int = 0,
     logger: Logger | None = None,
     on_step: Callable[[int], None] | None = None,
-    save_checkpoint: Callable[[TrainState], None] | None = None,
+    save_checkpoint: Callable[[TrainState, dict[str, Any]], None] | None = None,
     events: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train ``run.steps`` steps on ``state`` with a guide ``source`` (from :func:`npo_lab.sources.make_source`;
     ``"grpo"`` for plain GRPO); evaluate along the way (``state.backend.evaluate`` unless ``evaluate`` is given).
 
-    ``events`` receives every decision a source logs (interventions, AutoNPO's scores, pool builds)."""
+    ``events`` receives every decision a source logs (interventions, AutoNPO's scores, pool builds).
+    ``save_checkpoint(state, loop)`` is called every ``run.checkpoint_every`` steps and at the end, between two
+    training steps (never inside a look-ahead); ``loop`` is this loop's own state (the source's pools and guide,
+    counters, results so far). A run continues exactly from such a checkpoint when ``state`` has been restored
+    from it (:func:`npo_lab.checkpoint.restore_training_state`) and its ``loop`` is passed back as ``resume``."""
     if isinstance(source, str):
         if source != "grpo":
             raise ValueError(f"train: pass a GuideSource for method {source!r} (npo_lab.sources.make_source)")
@@ -335,8 +361,9 @@ def train(
     evaluate = evaluate or state.backend.evaluate
     log = logger or NullLogger()
     result = RunResult(method=source.name, seed=seed)
+    state.total_steps = state.total_steps or run.steps
     t_start = time.perf_counter()
-    la_step = 0
+    la_step, wall_before, finished = 0, 0.0, False
 
     def plain_step() -> dict[str, float]:
         nonlocal la_step
@@ -351,8 +378,27 @@ def train(
         result.evals.append((state.step, em["eval/accuracy"]))
         log.log(em, state.step)
 
-    source.setup(state)
+    def loop_state() -> dict[str, Any]:
+        return {
+            "source": source.state_dict(),
+            "la_step": la_step,
+            "finished": finished,
+            "wall_s": wall_before + time.perf_counter() - t_start,
+            "evals": [[s, a] for s, a in result.evals],
+            "train_reward": list(result.train_reward),
+            "zero_std_groups": list(result.zero_std_groups),
+        }
+
+    if resume is not None:  # the state is restored; the loop's own state comes back here
+        source.load_state_dict(resume["source"])
+        la_step, wall_before, finished = int(resume["la_step"]), float(resume["wall_s"]), bool(resume["finished"])
+        result.evals = [(int(s), float(a)) for s, a in resume["evals"]]
+        result.train_reward = list(resume["train_reward"])
+        result.zero_std_groups = list(resume["zero_std_groups"])
+    else:
+        source.setup(state)
     while state.step < run.steps:
+        finished = False  # (a finished run resumed with more steps)
         if state.step % run.eval_every == 0:
             do_eval()
         src_m = source.before_step(state, plain_step)
@@ -365,13 +411,15 @@ def train(
         result.train_reward.append(m["reward/on_policy_mean"])
         result.zero_std_groups.append(m["reward/frac_zero_std"])
         if save_checkpoint is not None and run.checkpoint_every and state.step % run.checkpoint_every == 0:
-            save_checkpoint(state)
+            save_checkpoint(state, loop_state())
         if on_step is not None:
             on_step(1)
-    do_eval()
-    if save_checkpoint is not None:
-        save_checkpoint(state)
-    result.wall_s = time.perf_counter() - t_start
+    if not finished:  # a run resumed from its final checkpoint has had its last evaluation
+        do_eval()
+        finished = True
+        if save_checkpoint is not None:
+            save_checkpoint(state, loop_state())
+    result.wall_s = wall_before + time.perf_counter() - t_start
     result.interventions = list(source.interventions)
     result.intervention_costs = list(source.intervention_costs)
     result.lookahead_steps = source.lookahead_steps

@@ -367,13 +367,13 @@ def test_train_logs_csv_tensorboard_and_checkpoints(tmp_path):
     names = {line.split(",")[1] for line in csv[1:]}
     assert {"eval/accuracy", "reward/on_policy_mean", "policy/entropy", "npo/intervention", "time/rollout"} <= names
     assert list(run.glob("events.out.tfevents.*"))
-    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
-    assert [c.name for c in ckpts] == ["step_000002.pt", "step_000004.pt"]
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000004.pt"
-    from npo_lab.checkpoint import load_training_checkpoint
+    from npo_lab.checkpoint import list_checkpoints, load_training_checkpoint
 
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert [c.name for c in ckpts] == ["step_000002", "step_000004"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000004"
     doc = load_training_checkpoint(ckpts[-1])
-    assert doc["step"] == 4 and "weights" in doc["policy"]
+    assert doc["step"] == 4 and "weights" in doc["policy"] and doc["loop"]["finished"]
     result = json.loads((run / "result.json").read_text())
     assert result["lookahead_steps"] == 1 and len(result["evals"]) == 3
 

@@ -294,7 +294,8 @@ def test_make_source_rejects_unknown_methods_and_missing_inputs():
     grpo = GRPOConfig(batch_size=8, group_size=4)
     with pytest.raises(ValueError, match="unknown method"):
         make_source("ppo", MethodConfigs(), 10, grpo=grpo)
+    rlep = make_source("rlep", MethodConfigs(), 10, grpo=grpo)  # checked at setup: a resumed run restores its pool
     with pytest.raises(ValueError, match="previous run"):
-        make_source("rlep", MethodConfigs(), 10, grpo=grpo)
+        rlep.setup(make_state(ScriptedBackend(), grpo, 0))
     with pytest.raises(ValueError, match="GuideSource"):
         train(make_state(ScriptedBackend(), grpo, 0), "npo", RunConfig(steps=1), grpo)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -329,7 +330,10 @@ def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
     assert run.name.startswith("qwen-vl-tiny__npo__0__")
     res = json.loads((run / "result.json").read_text())
     assert res["interventions"] == [0] and res["lookahead_steps"] == 1
-    assert (run / "checkpoints" / "step_000002.policy" / "model.safetensors").is_file()
+    ckpt = run / "checkpoints" / "step_000002"
+    assert (ckpt / "policy" / "model.safetensors").is_file() and (ckpt / "manifest.json").is_file()
+    # the near-future guide's folder is part of the checkpoint: a resumed run samples its guide rows from it
+    assert (ckpt / "loop.source.checkpoint" / "model.safetensors").is_file()
     dry = subprocess.run(
         [sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--dry-run", "--config",
          str(Path(__file__).resolve().parents[2] / "recipes" / "qwen3vl_8b_paper.toml")],
@@ -337,6 +341,37 @@ def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "4096 prompt + 4096 response" in dry.stdout and "memory per GPU" in dry.stdout
+
+
+def test_a_qwen_vl_run_resumes_exactly_with_its_guide_folder(reward_dir, tmp_path):
+    """Kill after step 2 (the checkpoints after it are gone), resume: the weights, the guide and the metrics of the
+    resumed run are those of the run left alone."""
+    import csv
+
+    flags = ["--method", "npo", "--steps", "4", "--eval-every", "2", "--npo.delta", "1", "--npo.interventions", "0",
+             "--checkpoint-every", "1", "--keep-checkpoints", "0", "--threads", "1", "--no-tensorboard"]  # fmt: skip
+    out = _train_cli(reward_dir, tmp_path / "a", *flags)
+    assert out.returncode == 0, out.stderr[-3000:]
+    straight = next((tmp_path / "a").iterdir())
+    copy = tmp_path / "b"
+    shutil.copytree(straight, copy)
+    for step in (3, 4):
+        shutil.rmtree(copy / "checkpoints" / f"step_{step:06d}")
+    env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "npo_lab", "train", "--resume", str(copy)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stdout
+    for name in ("policy", "loop.source.checkpoint"):
+        a, b = (r / "checkpoints" / "step_000004" / name / "model.safetensors" for r in (straight, copy))
+        assert a.read_bytes() == b.read_bytes(), name
+
+    def rows(run):
+        with (run / "metrics.csv").open() as f:
+            return [r for r in csv.reader(f) if not r[1].startswith("time/") and not r[1].endswith("_s")]
+
+    assert rows(straight) == rows(copy) and len(rows(copy)) > 20
 
 
 def test_bf16_compute_keeps_float32_master_weights_so_tiny_updates_land(make_backend):

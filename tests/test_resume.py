@@ -1,0 +1,171 @@
+"""Exact resume: a run killed with SIGKILL anywhere (inside NPO's look-ahead, between checkpoints, in the middle
+of writing one) and resumed each time ends with the weights, optimizer, RNGs, metrics and events of the same run
+left alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from npo_lab.checkpoint import FolderHandle, latest_checkpoint, list_checkpoints, load_checkpoint
+
+WORKER = Path(__file__).with_name("kill_worker.py")
+TINY = [
+    *("--task.digits", "2", "--task.n-train", "128", "--task.n-eval", "32"),
+    *("--model.warm-steps", "30", "--model.d-model", "32", "--model.n-head", "2"),
+    *("--grpo.batch-size", "16", "--grpo.group-size", "4", "--eval-every", "4"),
+    *("--threads", "1", "--no-tensorboard", "--keep-checkpoints", "2"),
+]
+METHODS = {
+    # a look-ahead of 2 steps every 4 steps: about a third of all steps are look-ahead steps
+    "npo": ["--method", "npo", "--npo.interventions", "0", "--npo.every", "4", "--npo.delta", "2"],
+    # bootstrap triggers at every chance (cooldown 3), two candidate Deltas scored on the mistake pool
+    "autonpo": [
+        *("--method", "autonpo", "--autonpo.candidates", "1", "2", "--autonpo.cooldown", "3"),
+        *("--autonpo.bootstrap-floor", "1.0", "--autonpo.bootstrap-until", "100", "--autonpo.max-interventions", "0"),
+        *("--autonpo.q-samples", "2", "--autonpo.window", "3"),
+    ],
+}
+TIMING = {"wall_s", "lookahead_s", "lookahead_seconds", "seconds", "created", "extra"}
+"""Keys whose values are wall-clock times (or file positions of logs holding them): the only things allowed to
+differ between an interrupted and an uninterrupted run."""
+
+
+def train(args: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "1000", "KILL_AT": kill or ""}
+    return subprocess.run(
+        [sys.executable, str(WORKER), "train", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def comparable(x, where: str = ""):
+    """``x`` with timings dropped and tensors / checkpoint folders turned into comparable values."""
+    if isinstance(x, FolderHandle):
+        folder = Path(x["path"])
+        return {"files": {p.name: p.read_bytes() for p in sorted(folder.iterdir())}, "rng": comparable(x.get("rng"))}
+    if isinstance(x, dict):
+        return {k: comparable(v, f"{where}.{k}") for k, v in x.items() if k not in TIMING}
+    if isinstance(x, list | tuple):
+        return [comparable(v, where) for v in x]
+    if torch.is_tensor(x):
+        return (str(x.dtype), tuple(x.shape), comparable(x.flatten().tolist()))
+    if isinstance(x, float) and x != x:
+        return "nan"  # NaN != NaN; a NaN where the other run has one is the same
+    return x
+
+
+def metrics_rows(run: Path) -> list[tuple[str, str, str]]:
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.reader(f))[1:]
+    return [tuple(r) for r in rows if not (r[1].startswith("time/") or r[1].endswith("_s"))]
+
+
+def events(run: Path) -> list[dict]:
+    return [comparable(json.loads(line)) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Final weights, optimizer, RNGs, source state, metrics, events and results of two run folders are equal."""
+    ca, cb = latest_checkpoint(a / "checkpoints"), latest_checkpoint(b / "checkpoints")
+    assert ca is not None and cb is not None and ca.name == cb.name
+    da, db = load_checkpoint(ca), load_checkpoint(cb)
+    for key in ("step", "policy", "optimizer", "rng", "sampler", "ref_policy", "loop"):
+        assert comparable(da[key]) == comparable(db[key]), key
+    assert metrics_rows(a) == metrics_rows(b)
+    assert events(a) == events(b)
+    ra, rb = (comparable(json.loads((r / "result.json").read_text())) for r in (a, b))
+    assert ra == rb
+
+
+def only_run(out: Path) -> Path:
+    (run,) = list(out.iterdir())
+    return run
+
+
+@pytest.mark.parametrize("method", ["npo", "autonpo"])
+def test_sigkill_anywhere_then_resume_equals_the_uninterrupted_run(method, tmp_path):
+    args = [*TINY, *METHODS[method], "--steps", "20", "--checkpoint-every", "3"]
+    r = train([*args, "--out", str(tmp_path / "straight")])
+    assert r.returncode == 0, r.stderr
+    straight = only_run(tmp_path / "straight")
+    lookahead = sum(json.loads((straight / "result.json").read_text())["intervention_costs"])
+    assert lookahead >= 8  # look-ahead windows are frequent enough to be hit
+
+    rng = random.Random(f"kills-{method}")
+    kills = [
+        f"lookahead:{rng.randint(1, 2)}",  # inside a look-ahead window
+        f"step:{rng.randint(2, 6)}",  # between two checkpoints: the steps since the last one are redone
+        f"write:{rng.randint(1, 6)}",  # in the middle of a checkpoint file (state.pt, manifest or latest)
+        f"lookahead:{rng.randint(1, 2)}",
+        f"write:{rng.randint(1, 6)}",
+        f"step:{rng.randint(1, 4)}",
+    ]
+    r = train([*args, "--out", str(tmp_path / "killed")], kill=kills[0])
+    assert r.returncode == -9, (kills[0], r.returncode, r.stderr[-2000:])
+    run = only_run(tmp_path / "killed")
+    for kill in kills[1:]:
+        r = train(["--resume", str(run)], kill=kill)
+        assert r.returncode == -9, (kill, r.returncode, r.stderr[-2000:])
+    r = train(["--resume", str(run)])
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stdout
+    assert_same_run(straight, run)
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert len(list_checkpoints(run / "checkpoints")) == 2  # keep_checkpoints
+
+    # resuming a finished run changes nothing (no extra step, no extra evaluation)
+    r = train(["--resume", str(run)])
+    assert r.returncode == 0, r.stderr
+    assert_same_run(straight, run)
+
+
+def resume_in_process(tmp_path: Path, args: list[str], cut: int) -> tuple[Path, Path]:
+    """Run ``args`` straight through; copy its folder, drop every checkpoint after step ``cut`` (as if the process
+    had died just after writing it) and resume the copy. Returns both run folders."""
+    from npo_lab.cli import main
+
+    assert main(["train", *args, "--checkpoint-every", "1", "--keep-checkpoints", "0", "--out", str(tmp_path)]) == 0
+    straight = only_run(tmp_path)
+    copy = tmp_path.parent / (tmp_path.name + "-resumed")
+    shutil.copytree(straight, copy)
+    for p in list_checkpoints(copy / "checkpoints"):
+        if int(p.name.split("_")[1]) > cut:
+            shutil.rmtree(p)
+    assert main(["train", "--resume", str(copy)]) == 0
+    return straight, copy
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        # the KL term (reference policy), a warm-up + cosine learning-rate schedule and several minibatches
+        ["--method", "grpo", "--grpo.kl-coef", "0.05", "--grpo.lr-schedule", "cosine", "--grpo.lr-warmup-steps", "3",
+         "--grpo.minibatch-size", "8", "--grpo.epochs", "2"],
+        ["--method", "luffy"],
+        ["--method", "exgrpo", "--exgrpo.start-solve-rate", "0.0"],  # the replay pool is in use from the start
+        ["--method", "rlep", "--rlep.source-steps", "4"],  # the pool of a previous run, restored (not re-decoded)
+    ],
+    ids=["grpo-kl-cosine", "luffy", "exgrpo", "rlep"],
+)
+def test_every_method_resumes_exactly(method, tmp_path):
+    straight, resumed = resume_in_process(tmp_path / "out", [*TINY, *method, "--steps", "10"], cut=5)
+    assert_same_run(straight, resumed)
+
+
+def test_gym_backend_resumes_exactly(tmp_path):
+    args = [
+        *("--backend", "gym", "--env", "npo_lab/ChainEasy-v0", "--grpo.batch-size", "16", "--grpo.group-size", "4"),
+        *("--method", "npo", "--npo.interventions", "0", "4", "--npo.delta", "2", "--steps", "9", "--eval-every", "3"),
+        *("--threads", "1", "--no-tensorboard"),
+    ]
+    straight, resumed = resume_in_process(tmp_path / "out", args, cut=4)
+    assert_same_run(straight, resumed)
