@@ -148,8 +148,10 @@ def resume_in_process(tmp_path: Path, args: list[str], cut: int) -> tuple[Path, 
     "method",
     [
         # the KL term (reference policy), a warm-up + cosine learning-rate schedule and several minibatches
-        ["--method", "grpo", "--grpo.kl-coef", "0.05", "--grpo.lr-schedule", "cosine", "--grpo.lr-warmup-steps", "3",
-         "--grpo.minibatch-size", "8", "--grpo.epochs", "2"],
+        [
+            *("--method", "grpo", "--grpo.kl-coef", "0.05", "--grpo.lr-schedule", "cosine"),
+            *("--grpo.lr-warmup-steps", "3", "--grpo.minibatch-size", "8", "--grpo.epochs", "2"),
+        ],
         ["--method", "luffy"],
         ["--method", "exgrpo", "--exgrpo.start-solve-rate", "0.0"],  # the replay pool is in use from the start
         ["--method", "rlep", "--rlep.source-steps", "4"],  # the pool of a previous run, restored (not re-decoded)
