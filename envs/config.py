@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from npo_lab.config import _check, _check_choices
+
+STYLES = ("bare", "padded", "scratch", "alt")
+"""Completion styles of the arithmetic task (npo_lab.tasks.arithmetic.format_completion)."""
+
 
 @dataclass
 class TinyLMConfig:
@@ -42,30 +47,28 @@ class TinyLMConfig:
     """Seed of the teacher's initialisation and data (one fixed external teacher for every student seed)."""
 
     def __post_init__(self) -> None:
-        if self.d_model < 8 or self.n_head < 1 or self.d_model % self.n_head:
-            raise ValueError(
-                f"model.d_model ({self.d_model}) must be >= 8 and divisible by model.n_head ({self.n_head})"
-            )
-        if self.n_layer < 1:
-            raise ValueError(f"model.n_layer must be >= 1, got {self.n_layer}")
-        if self.temperature <= 0:
-            raise ValueError(f"model.temperature must be > 0, got {self.temperature}")
-        if self.warm_steps < 0 or self.warm_batch < 1 or self.warm_lr <= 0:
-            raise ValueError("model.warm_steps must be >= 0, model.warm_batch >= 1 and model.warm_lr > 0")
-        if not 0.0 <= self.warm_full_frac <= 1.0:
-            raise ValueError(f"model.warm_full_frac must be in [0, 1], got {self.warm_full_frac}")
+        _check(self.d_model >= 8, "model.d_model", self.d_model, ">= 8")
+        _check(self.n_head >= 1, "model.n_head", self.n_head, ">= 1")
+        _check(
+            self.d_model % self.n_head == 0, "model.d_model", self.d_model, f"divisible by model.n_head={self.n_head}"
+        )
+        _check(self.n_layer >= 1, "model.n_layer", self.n_layer, ">= 1")
+        _check(self.temperature > 0, "model.temperature", self.temperature, "> 0")
+        _check(self.warm_steps >= 0, "model.warm_steps", self.warm_steps, ">= 0")
+        _check(self.warm_lr > 0, "model.warm_lr", self.warm_lr, "> 0")
+        _check(self.warm_batch >= 1, "model.warm_batch", self.warm_batch, ">= 1")
+        _check(self.warm_easy_digits >= 1, "model.warm_easy_digits", self.warm_easy_digits, ">= 1")
+        _check(0.0 <= self.warm_full_frac <= 1.0, "model.warm_full_frac", self.warm_full_frac, "in [0, 1]")
         styles = [s for s in self.warm_styles.split(",") if s]
-        bad = [s for s in styles if s not in ("bare", "padded", "scratch", "alt")]
-        if not styles or bad:
-            raise ValueError(
-                f"model.warm_styles must be a comma list of bare, padded, scratch, alt; got {self.warm_styles!r}"
-            )
-        if self.teacher_style not in ("bare", "padded", "scratch", "alt"):
-            raise ValueError(
-                f"model.teacher_style must be one of bare, padded, scratch, alt; got {self.teacher_style!r}"
-            )
-        if self.teacher_steps < 1:
-            raise ValueError(f"model.teacher_steps must be >= 1, got {self.teacher_steps}")
+        _check(
+            bool(styles) and all(s in STYLES for s in styles),
+            "model.warm_styles",
+            self.warm_styles,
+            "a comma list of " + ", ".join(STYLES),
+        )
+        _check(self.teacher_style in STYLES, "model.teacher_style", self.teacher_style, "one of " + ", ".join(STYLES))
+        _check(self.teacher_steps >= 1, "model.teacher_steps", self.teacher_steps, ">= 1")
+        _check_choices(self, "model")
 
 
 @dataclass
@@ -90,11 +93,7 @@ class GymConfig:
     """Seed of that teacher."""
 
     def __post_init__(self) -> None:
-        if self.policy not in ("mlp", "gru"):
-            raise ValueError(f"gym.policy must be one of 'mlp', 'gru', got {self.policy!r}")
-        if self.hidden < 1 or self.n_train < 1 or self.n_eval < 1:
-            raise ValueError("gym.hidden, gym.n_train and gym.n_eval must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"gym.temperature must be > 0, got {self.temperature}")
-        if self.teacher_steps < 1:
-            raise ValueError(f"gym.teacher_steps must be >= 1, got {self.teacher_steps}")
+        for name in ("hidden", "n_train", "n_eval", "teacher_steps"):
+            _check(getattr(self, name) >= 1, f"gym.{name}", getattr(self, name), ">= 1")
+        _check(self.temperature > 0, "gym.temperature", self.temperature, "> 0")
+        _check_choices(self, "gym")

@@ -7,10 +7,14 @@ choice made here where it is silent.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from npo_lab.config import _check, _check_choices
+
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -61,6 +65,8 @@ class DataConfig:
         _check(self.image_size >= 16, "llm.data.image_size", self.image_size, ">= 16")
         for name in ("image_key", "question_key", "answer_key"):
             _check(bool(getattr(self, name)), f"llm.data.{name}", getattr(self, name), "a column name")
+        for name in ("dataset", "split", "eval_split"):
+            _check(bool(getattr(self, name)), f"llm.data.{name}", getattr(self, name), "non-empty")
         _check_choices(self, "llm.data")
 
 
@@ -93,6 +99,9 @@ class RewardConfig:
         _check(self.workers >= 1, "llm.reward.workers", self.workers, ">= 1")
         _check(self.accuracy_weight >= 0, "llm.reward.accuracy_weight", self.accuracy_weight, ">= 0")
         _check(self.format_weight >= 0, "llm.reward.format_weight", self.format_weight, ">= 0")
+        for spec in (c.strip() for c in self.custom.split(",") if c.strip()):
+            _check(bool(_CALLABLE.match(spec)), "llm.reward.custom", spec, "comma-separated 'module:function' names")
+        _check_choices(self, "llm.reward")
 
 
 @dataclass
@@ -108,7 +117,7 @@ class LLMConfig:
     updates away), frozen ones in this dtype; guide models load in it."""
     device: str = "auto"
     """auto = cuda:<local rank> when a GPU is visible, else cpu."""
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
     """transformers attention implementation (sdpa, eager, flash_attention_2)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
@@ -157,6 +166,12 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "llm.model", self.model, "a hub id, a folder, or 'tiny'")
+        _check(bool(_DEVICE.match(self.device)), "llm.device", self.device, "auto, cpu, mps, cuda or cuda:<index>")
+        _check(self.lora_alpha >= 1, "llm.lora_alpha", self.lora_alpha, ">= 1")
+        _check(
+            bool(self.lora_targets.strip(",")), "llm.lora_targets", self.lora_targets, "comma-separated module names"
+        )
+        _check(self.tiny_warm_lr > 0, "llm.tiny_warm_lr", self.tiny_warm_lr, "> 0")
         _check(self.max_prompt_tokens >= 8, "llm.max_prompt_tokens", self.max_prompt_tokens, ">= 8")
         _check(self.max_new_tokens >= 1, "llm.max_new_tokens", self.max_new_tokens, ">= 1")
         _check(self.temperature > 0, "llm.temperature", self.temperature, "> 0")

@@ -60,10 +60,10 @@ class FolderHandle(dict):
     when the handle is garbage-collected, so an old checkpoint can be deleted by the retention rule while a
     resumed run still samples from its guide. :meth:`persist` writes it into a newer checkpoint."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], owned: bool = True) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], owned: Path | None = None) -> None:
         super().__init__(meta, path=str(path))
-        if owned:
-            weakref.finalize(self, shutil.rmtree, str(path), True)
+        if owned is not None:  # the private folder (``path`` or a folder holding it) goes with the handle
+            weakref.finalize(self, shutil.rmtree, str(owned), True)
 
     def persist(self, dest: str | Path) -> dict[str, Any]:
         _link_tree(Path(self["path"]), Path(dest))
@@ -103,9 +103,9 @@ def _persist_folders(doc: Any, folder: Path, where: str = "") -> Any:
     return walk(doc, where)
 
 
-def _resolve_folders(doc: Any, ckpt: Path, scratch: Path) -> Any:
+def _resolve_folders(doc: Any, ckpt: Path) -> Any:
     """Inverse of :func:`_persist_folders`: each ``{"__folder__": name}`` becomes a :class:`FolderHandle` on a
-    hard-linked copy of ``ckpt/name`` in ``scratch``."""
+    hard-linked copy of ``ckpt/name`` in a private ``.resumed-*`` folder beside ``ckpt``."""
 
     def walk(x: Any) -> Any:
         if isinstance(x, dict) and "__folder__" in x:
@@ -113,9 +113,9 @@ def _resolve_folders(doc: Any, ckpt: Path, scratch: Path) -> Any:
             src = ckpt / name
             if not src.is_dir():
                 raise CheckpointError(f"checkpoint {ckpt} lacks the folder {name}/ its state refers to")
-            dest = scratch / name
-            _link_tree(src, dest)
-            return FolderHandle(dest, {k: v for k, v in x.items() if k != "__folder__"})
+            scratch = Path(tempfile.mkdtemp(prefix=".resumed-", dir=ckpt.parent))
+            _link_tree(src, scratch / name)
+            return FolderHandle(scratch / name, {k: v for k, v in x.items() if k != "__folder__"}, owned=scratch)
         if isinstance(x, dict):
             return type(x)((k, walk(v)) for k, v in x.items())
         if isinstance(x, list | tuple):
@@ -294,18 +294,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         body = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # the checksum matched, so this is a file written by another version
         raise CheckpointError(f"checkpoint file {path / STATE_FILE} is unreadable: {e}") from e
-    scratch = Path(tempfile.mkdtemp(prefix=".resumed-", dir=path.parent))
-    doc = _resolve_folders(body, path, scratch)
-    _remove_when_empty(scratch)
-    return doc
-
-
-def _remove_when_empty(scratch: Path) -> None:
-    """The scratch folder holds only the handles' folders, each removed with its handle; drop it if unused."""
-    try:
-        scratch.rmdir()
-    except OSError:
-        pass  # holds a handle's folder: the handle removes that, a later resume removes the empty parent
+    return _resolve_folders(body, path)
 
 
 def _load_legacy(path: Path) -> dict[str, Any]:
@@ -317,7 +306,7 @@ def _load_legacy(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not an npo_lab checkpoint")
     policy = doc.get("policy")
     if isinstance(policy, dict) and "path" in policy:  # v1 folder policies were absolute paths beside the file
-        doc["policy"] = FolderHandle(Path(policy["path"]), {k: v for k, v in policy.items() if k != "path"}, False)
+        doc["policy"] = FolderHandle(Path(policy["path"]), {k: v for k, v in policy.items() if k != "path"})
     return doc
 
 

@@ -74,7 +74,10 @@ class ExperimentConfig(RunConfig):
 
     def check_method(self, spec: str) -> None:
         """Parse a method spec and run its cross-field checks (errors name the spec and the field)."""
-        name, cfgs = parse_method(spec, self.method_configs)
+        try:
+            name, cfgs = parse_method(spec, self.method_configs)
+        except ValueError as e:  # an override's own check (npo:delta=0): say which method spec it came from
+            raise ValueError(str(e) if "methods:" in str(e) else f"methods {spec!r}: {e}") from e
         check_compatible(self.grpo, cfgs, name, "" if ":" not in spec else f"methods {spec!r}")
 
 
@@ -116,7 +119,7 @@ class CompareCommand(ExperimentConfig):
         if not names:
             raise ValueError(f"methods must list at least one of {list(METHODS)}, got {self.methods!r}")
         if len(set(names)) != len(names):
-            raise ValueError(f"methods lists a method twice: {self.methods!r}")
+            raise ValueError(f"methods must list each method once, got {self.methods!r}")
         for spec in names:
             self.check_method(spec)
         if self.seeds < 1:
@@ -162,7 +165,9 @@ class TrainCommand(ExperimentConfig):
         self.check_method(self.method)
         if self.previous:
             if self.method.split(":")[0] != "rlep":
-                raise ValueError(f"previous is only read by --method rlep, not {self.method!r}")
+                raise ValueError(
+                    f"previous must be empty unless --method is rlep (only rlep reads it), not {self.method!r}"
+                )
             if not Path(self.previous).exists():
                 raise ValueError(f"previous: checkpoint {self.previous} does not exist")
         if self.threads < 0:

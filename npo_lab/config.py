@@ -30,14 +30,19 @@ def _check(cond: bool, field: str, got: object, allowed: str) -> None:
 
 def _check_choices(cfg: object, prefix: str) -> None:
     """Every ``Literal[...]`` field of ``cfg`` holds one of its declared values (read from the annotation,
-    so the allowed values are written once)."""
+    so the allowed values are written once), and every float field is finite (NaN and Inf are never settings)."""
+    import math
+
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
         tp = hints[f.name]
+        value = getattr(cfg, f.name)
+        name = f"{prefix}.{f.name}" if prefix else f.name
         if typing.get_origin(tp) is Literal:
             allowed = typing.get_args(tp)
-            value = getattr(cfg, f.name)
-            _check(value in allowed, f"{prefix}.{f.name}", value, "one of " + ", ".join(map(repr, allowed)))
+            _check(value in allowed, name, value, "one of " + ", ".join(map(repr, allowed)))
+        elif tp is float and isinstance(value, int | float):
+            _check(math.isfinite(value), name, value, "a finite number")
 
 
 @dataclass
@@ -370,6 +375,7 @@ class RunConfig:
         _check(self.final_evals >= 1, "final_evals", self.final_evals, ">= 1")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, ">= 0")
         _check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, ">= 0 (0 keeps all)")
+        _check_choices(self, "")
 
 
 def check_compatible(grpo: GRPOConfig, cfgs: MethodConfigs | NPOConfig, method: str = "npo", label: str = "") -> None:

@@ -96,7 +96,9 @@ def test_bad_config_file_values(tmp_path, text, msg):
 
 def test_train_previous_is_checked_before_any_work(tmp_path):
     r = cli("train", "--method", "npo", "--previous", "x.pt", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "previous is only read" in r.stderr  # (tyro wraps the message in a box)
+    assert (
+        r.returncode == 2 and "previous must be empty unless --method is rlep" in r.stderr
+    )  # (tyro wraps the message in a box)
     r = cli("train", "--method", "rlep", "--previous", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -171,3 +171,41 @@ def test_gym_backend_resumes_exactly(tmp_path):
     ]
     straight, resumed = resume_in_process(tmp_path / "out", args, cut=4)
     assert_same_run(straight, resumed)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "1000"}
+    return subprocess.run(
+        [sys.executable, "-m", "npo_lab", "train", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_resume_refuses_what_it_cannot_honour(tmp_path):
+    args = [*TINY, *METHODS["npo"], "--steps", "6", "--checkpoint-every", "1", "--keep-checkpoints", "0"]
+    r = _cli(*args, "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    run = only_run(tmp_path / "out")
+    # a setting that changes the trajectory
+    r = _cli("--resume", str(run), "--grpo.lr", "0.1")
+    assert r.returncode == 2 and "grpo.lr (0.0003 -> 0.1)" in r.stderr and "may change only" in r.stderr
+    # not a run
+    r = _cli("--resume", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "neither a run folder" in r.stderr
+    # a damaged newest checkpoint: named, with the newest intact one to resume from instead
+    state = run / "checkpoints" / "step_000006" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-1])
+    r = _cli("--resume", str(run))
+    assert r.returncode == 1, r.stderr
+    assert f"{state} is truncated or altered" in r.stderr
+    assert f"--resume {run / 'checkpoints' / 'step_000005'}" in r.stderr
+
+
+def test_resume_from_an_older_checkpoint_sets_the_later_ones_aside(tmp_path):
+    args = [*TINY, *METHODS["npo"], "--steps", "6"]
+    straight, copy = resume_in_process(tmp_path / "out", args, cut=6)  # all checkpoints kept
+    from npo_lab.cli import main
+
+    assert main(["train", "--resume", str(copy / "checkpoints" / "step_000002")]) == 0
+    aside = [p for p in (copy / "checkpoints").iterdir() if p.name.startswith("superseded-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir())[0] == "step_000003"
+    assert_same_run(straight, copy)

@@ -65,8 +65,8 @@ class ArithmeticConfig:
         total = (10**self.digits) ** 2
         if self.n_train + self.n_eval > total // 2:
             raise ValueError(
-                f"task.n_train + task.n_eval = {self.n_train + self.n_eval} is too many for {self.digits}-digit "
-                f"operands (at most {total // 2} distinct pairs may be drawn); lower them or raise task.digits"
+                f"task.n_train + task.n_eval must be at most {total // 2} for {self.digits}-digit operands (the "
+                f"distinct pairs that may be drawn), got {self.n_train + self.n_eval}; lower them or raise task.digits"
             )
 
     @property
