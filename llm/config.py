@@ -44,7 +44,7 @@ class DataConfig:
     """Held-out rows scored by evaluate() (greedy)."""
     bad_rows: Literal["error", "skip"] = "error"
     """A malformed row (missing image, answer or question; unreadable image): error stops with the row's index;
-    skip drops it and counts it (data/skipped_rows)."""
+    skip drops it and counts it (a warning gives the count and the first bad row)."""
     system_prompt: str = "Reason briefly, then give the final answer in \\boxed{}."
     """System message of every prompt; empty for none. [assumption]"""
     synthetic_task: Literal["count", "digits", "mixed", "color"] = "mixed"

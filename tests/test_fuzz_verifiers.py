@@ -91,6 +91,7 @@ def test_arithmetic_verifier_fuzzed():
             assert body.isdigit() and body.isascii() and int(body[::-1] if reverse else body) == answer
 
     check()
+    print(f"arithmetic verifier: {seen['n']} hostile outputs, {seen['correct']} of them graded correct (checked)")
     assert seen["n"] >= N_OUTPUTS
 
 
@@ -130,6 +131,7 @@ def test_arithmetic_near_misses_fuzzed():
         assert score(right, answer, reverse) == 1.0
 
     check()
+    print(f"arithmetic verifier: {seen['n']} near misses")
     assert seen["n"] >= N_OUTPUTS
 
 
@@ -166,6 +168,7 @@ def test_extract_boxed_and_format_reward_fuzzed():
             assert got is not None and got.strip()
 
     check()
+    print(f"extract_boxed + format_reward: {seen['n']} hostile outputs")
     assert seen["n"] >= N_OUTPUTS
 
 
@@ -206,6 +209,11 @@ def test_math_verify_grading_fuzzed(verifier):
 
     check()
     graded = verifier.stats["graded"] - start["graded"]
+    timeouts, errors = (verifier.stats[k] - start[k] for k in ("timeouts", "errors"))
+    print(
+        f"math-verify: {graded} hostile outputs, {timeouts} killed at the time limit, {errors} parse errors, "
+        f"slowest batch of 100: {seen['slowest_batch_s']:.1f} s"
+    )
     assert graded == seen["n"] >= N_OUTPUTS
     # no hang: a batch takes its items' grading time, and each slow item at most the 1 s limit (2 workers share it)
     assert seen["slowest_batch_s"] < 100 * 1.0 / 2 + 60, seen
@@ -228,4 +236,5 @@ def test_math_verify_near_misses_fuzzed(verifier):
         assert scores == [0.0] * len(wrong_texts) + [1.0], list(zip(texts, scores))
 
     check()
+    print(f"math-verify: {seen['n']} near misses and exact answers")
     assert seen["n"] >= N_OUTPUTS
