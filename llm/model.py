@@ -232,11 +232,12 @@ def torch_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_model(name: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> Any:
     """``AutoModelForImageTextToText.from_pretrained`` on a hub id or a folder (a LoRA adapter folder loads its
-    base model and the adapter)."""
+    base model and the adapter). Weights are read from safetensors only: a checkpoint that has only pickled
+    ``.bin`` weights (which could run code when loaded) is refused."""
     local = Path(name).is_dir()
     try:
         return AutoModelForImageTextToText.from_pretrained(
-            name, dtype=dtype, attn_implementation=attn_implementation, local_files_only=local
+            name, dtype=dtype, attn_implementation=attn_implementation, local_files_only=local, use_safetensors=True
         )
     except OSError as e:
         where = "folder" if local else "hub id"

@@ -211,6 +211,18 @@ def test_save_load_gives_identical_logits_and_the_folder_loads_with_from_pretrai
         assert torch.equal(m2(**enc).logits, be.model(**enc).logits)
 
 
+def test_a_model_folder_with_only_pickled_weights_is_refused(make_backend, tmp_path):
+    """Guides, teachers and models load from safetensors only: a pytorch_model.bin (a pickle, which could run code
+    when loaded) is never read."""
+    be = make_backend()
+    folder = tmp_path / "pickled"
+    be.model.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(be.model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"llm.model: could not load folder .*no file named model.safetensors"):
+        load_model(str(folder), torch.float32)
+
+
 def test_temporary_checkpoints_are_removed_when_released(make_backend):
     import gc
 
