@@ -66,14 +66,22 @@ def vllm_weight_names(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, A
 
 
 def _full(t: Tensor) -> Tensor:
-    """The whole tensor of an FSDP2 (DTensor) parameter: a collective, every rank must call it in the same order."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+    """The whole tensor of an FSDP2 (DTensor) or DeepSpeed ZeRO-3 parameter (a copy, gathered): a collective, every
+    rank must call it in the same order."""
+    if hasattr(t, "full_tensor"):
+        return t.full_tensor()
+    if hasattr(t, "ds_id"):  # ZeRO-3: gathered for the copy, released after it
+        from deepspeed import zero
+
+        with zero.GatheredParameters([t]):
+            return t.data.clone()
+    return t
 
 
 @torch.no_grad()
 def _merged(weight: Tensor, lora: nn.Module | None) -> Tensor:
     """``weight`` (gathered) plus the active, unmerged LoRA deltas of the layer it belongs to (in float32)."""
-    w = _full(weight.detach())
+    w = _full(weight).detach()
     if lora is None or getattr(lora, "disable_adapters", False):
         return w
     acc = None
@@ -177,7 +185,7 @@ class VLLMEngine:
         ``("checkpoint", path)``) is the one last loaded; returns whether it loaded. A sharded (FSDP2) model is
         gathered parameter by parameter, so every rank must call this together (they agree on whether to load)."""
         changed = key != self.synced_key
-        if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        if any(hasattr(p, "full_tensor") or hasattr(p, "ds_id") for p in model.parameters()):
             flag = torch.tensor([float(changed)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             changed = bool(flag.item())
