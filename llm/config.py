@@ -146,7 +146,8 @@ class LLMConfig:
     launch names, else the built-in one (configs/deepspeed/zero3.json). Keys the trainer owns (batch sizes,
     accumulation, clipping) must be "auto" or absent; no optimizer or scheduler section."""
     vllm_gpu_memory_utilization: float = 0.4
-    """vllm: fraction of GPU memory its KV cache may take (it shares the GPU with training)."""
+    """vllm: share of the GPU's total memory the engine takes (its weights + KV cache, beside training); vLLM checks
+    that this much is free when it starts, after the training model is on the GPU."""
     scratch_dir: str = ""
     """Where look-ahead checkpoints (save_pretrained folders) go; empty = a temporary folder. Each is about
     4 bytes x trainable parameters (float32 master weights: 32 GiB for a full 8B run; a LoRA run writes only the
