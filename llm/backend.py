@@ -155,10 +155,11 @@ class QwenVLBackend:
             state, self.warm_start_loss = _WARM[key]
             self.model.load_state_dict(state)
         self.zero: Zero3 | None = None
+        self._state_keys: list[str] | None = None  # ZeRO-3: the state-dict names, read before partitioning
         if self.world.size > 1 and self.strategy == "deepspeed":
             if self.dtype == torch.float16:
                 raise ValueError("llm.dtype float16 is not supported with DeepSpeed ZeRO-3 here: use bfloat16")
-            self._state_keys = list(self.model.state_dict())  # before partitioning empties the parameters
+            self._state_keys = list(self.model.state_dict())
             hidden = int(self.model.config.get_text_config().hidden_size)
             user, source = read_config(cfg)
             self.zero = Zero3(self.model, engine_config(user, source, self.dtype, hidden), source)
@@ -302,7 +303,7 @@ class QwenVLBackend:
             if unexpected:
                 raise ValueError(f"checkpoint {path}: adapter keys do not match the model: {unexpected[:3]}")
         else:
-            missing = _missing_weights(self.model, state, getattr(self, "_state_keys", None))
+            missing = _missing_weights(self.model, state, self._state_keys)
             if missing:
                 raise ValueError(f"checkpoint {path} lacks {len(missing)} weights of the model, e.g. {missing[:3]}")
             if self.zero is not None:
@@ -417,7 +418,7 @@ class QwenVLBackend:
                 return get_peft_model_state_dict(self.model, state_dict=full) if self.world.main else None
             return None  # peft's save_pretrained writes the adapter
         if self.zero is not None:
-            return self.zero.full_state(self._state_keys)  # a collective: the float32 masters, on every rank
+            return self.zero.full_state(self._state_keys or [])  # a collective; the float32 masters, on rank 0
         if self.world.size > 1:
             return self._gathered_state()
         return None
