@@ -325,8 +325,3 @@ class Zero3:
             if name in state:
                 b.copy_(state[name])
         self.updates += 1
-
-
-def param_is_partitioned(p: Tensor) -> bool:
-    """A ZeRO-3 parameter (its data is this rank's slice until gathered)."""
-    return hasattr(p, "ds_id")

@@ -80,6 +80,7 @@ def test_npo_on_zero3_two_cpu_processes(name, tmp_path_factory):
     assert r0["moved"] and r0["rollback_exact"] and r1["rollback_exact"]
     assert r0["round_trip"] and r1["round_trip"]
     assert r0["vllm_same"] and r1["vllm_same"]
+    assert r0["nan_skipped"] and r1["nan_skipped"]
     assert r0["interventions"] == r1["interventions"] == [1] and r0["lookahead_steps"] == 1
     assert len(r0["rows"]) == len(r1["rows"]) > 0
     for a, b in zip([r0["step1"], *r0["rows"]], [r1["step1"], *r1["rows"]]):

@@ -8,6 +8,7 @@ after it (OUT/step1/)."""
 
 import copy
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -120,6 +121,14 @@ def main(out: str, strategy: str, dtype: str) -> None:
         logger=log,
     )
     after = full(be)
+
+    # a NaN gradient: ZeRO-3 applies no update and the backend reports a non-finite norm (the trainer then stops)
+    state.optimizer.zero_grad(set_to_none=True)
+    logp, _ = be.logprobs(batch.select(torch.arange(2)))
+    be.backward(logp.sum() * float("nan"))
+    norm = be.optimizer_step(GRPO.max_grad_norm)
+    nan_skipped = not math.isfinite(norm) and equal(full(be), after)
+
     doc = {
         "rank": rank,
         "ds_source": be.zero.source,
@@ -134,6 +143,7 @@ def main(out: str, strategy: str, dtype: str) -> None:
         "rollback_exact": rollback_exact,
         "round_trip": round_trip,
         "vllm_same": vllm_same,
+        "nan_skipped": nan_skipped,
         "step1": step1,
         "interventions": res.interventions,
         "lookahead_steps": res.lookahead_steps,
