@@ -140,6 +140,16 @@ def test_shipped_json_is_the_built_in_config():
     assert json.loads((ROOT / "configs" / "deepspeed" / "zero3.json").read_text()) == ZERO3_CONFIG
 
 
+@pytest.mark.parametrize("name", ["deepspeed_zero3.yaml", "deepspeed_zero3_multinode.yaml"])
+def test_accelerate_configs_name_the_shipped_json(name):
+    config_args = pytest.importorskip("accelerate.commands.config.config_args")
+    cfg = config_args.load_config_from_file(str(ROOT / "configs" / "accelerate" / name))
+    assert cfg.distributed_type == "DEEPSPEED" and cfg.num_processes == 8 * cfg.num_machines
+    assert (ROOT / cfg.deepspeed_config["deepspeed_config_file"]).is_file()
+    if cfg.num_machines > 1:  # torch.distributed.run on every node, not pdsh/ssh from node 0
+        assert cfg.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
+
+
 def test_engine_config_fills_what_the_trainer_owns():
     ds = engine_config(ZERO3_CONFIG, "x", torch.bfloat16, hidden=64)
     assert ds["bf16"] == {"enabled": True} and ds["gradient_accumulation_steps"] == 1
