@@ -9,7 +9,8 @@
 * Checkpoints are ``save_pretrained`` folders on disk (full weights, or the LoRA adapter), so a guide loads
   directly for generation; look-ahead and rollback read and write them. A temporary checkpoint folder is
   deleted when the last handle to it goes away.
-* Under ``torchrun`` / ``accelerate launch`` the model is sharded with FSDP2 and rows are split over ranks.
+* Under ``torchrun`` / ``accelerate launch`` the model is sharded with FSDP2, or with DeepSpeed ZeRO-3
+  (``llm.strategy``; llm/zero.py), and rows are split over ranks.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from npo_lab.llm.dist import (
 )
 from npo_lab.llm.model import load_model, load_processor, param_counts, prepare_trainable, resolve_model, torch_dtype
 from npo_lab.llm.rewards import RewardSet
+from npo_lab.llm.zero import Zero3, engine_config, read_config, require_deepspeed, resolve_strategy
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -96,6 +98,9 @@ class QwenVLBackend:
         hf_logging.disable_progress_bar()
         self.cfg, self.seed = cfg, seed
         cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda") or cfg.device.startswith("cuda")
+        self.strategy = resolve_strategy(cfg)  # used with several processes; checked (and DeepSpeed found) first
+        if self.strategy == "deepspeed":
+            require_deepspeed()
         self.world: World = init_world("cuda" if cuda else "cpu")
         if cfg.device == "auto":
             self.device = torch.device(f"cuda:{self.world.local_rank}" if cuda else "cpu")
@@ -121,7 +126,7 @@ class QwenVLBackend:
         if cfg.lora_r > 0 and self.world.size > 1:
             raise ValueError(
                 "llm.lora_r > 0 runs in one process only (LoRA is the single-GPU path); with several processes "
-                "use full fine-tuning, which FSDP2 shards"
+                f"use full fine-tuning, which {'ZeRO-3' if self.strategy == 'deepspeed' else 'FSDP2'} shards"
             )
         with torch.random.fork_rng():  # LoRA init draws from the global RNG: make it a function of the seed
             torch.manual_seed(seed)
@@ -149,7 +154,21 @@ class QwenVLBackend:
                 _WARM[key] = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}, loss)
             state, self.warm_start_loss = _WARM[key]
             self.model.load_state_dict(state)
-        if self.world.size > 1:
+        self.zero: Zero3 | None = None
+        self._state_keys: list[str] | None = None  # ZeRO-3: the state-dict names, read before partitioning
+        if self.world.size > 1 and self.strategy == "deepspeed":
+            if self.dtype == torch.float16:
+                raise ValueError("llm.dtype float16 is not supported with DeepSpeed ZeRO-3 here: use bfloat16")
+            self._state_keys = list(self.model.state_dict())
+            hidden = int(self.model.config.get_text_config().hidden_size)
+            user, source = read_config(cfg)
+            self.zero = Zero3(self.model, engine_config(user, source, self.dtype, hidden), source)
+            # the engine owns backward and the optimizer step: the trainer's optional hooks (npo_lab/trainer.py)
+            # exist on this backend only in this mode
+            self.make_optimizer = self._zero_make_optimizer
+            self.backward = self.zero.backward
+            self.optimizer_step = self.zero.step
+        elif self.world.size > 1:
             fully_shard_qwen_vl(self.model, self.dtype)
             # FSDP2 initialises from the root module's first forward; generate() would reach the vision tower
             # first, so run one tiny forward through the root now
@@ -243,7 +262,8 @@ class QwenVLBackend:
         comps = [e["ids"].tolist() for e in batch.extras]
         t = batch.mask.shape[1]
         if torch.is_grad_enabled() and policy is None:  # the training path: this rank's rows, one pass
-            logp, ent = self._forward_logprobs(model, examples, comps)
+            # under ZeRO-3 through the engine: its forward advances the gradient-accumulation micro-step
+            logp, ent = self._forward_logprobs(self.zero.engine if self.zero else model, examples, comps)
             return _pad_cols(logp, t), _pad_cols(ent, t)
         # no grad: split rows over ranks, micro-batched, gathered (every rank then holds every row)
         idx, valid = shard_rows(len(comps), self.world)
@@ -283,10 +303,12 @@ class QwenVLBackend:
             if unexpected:
                 raise ValueError(f"checkpoint {path}: adapter keys do not match the model: {unexpected[:3]}")
         else:
-            missing = _missing_weights(self.model, state)
+            missing = _missing_weights(self.model, state, self._state_keys)
             if missing:
                 raise ValueError(f"checkpoint {path} lacks {len(missing)} weights of the model, e.g. {missing[:3]}")
-            if self.world.size > 1:
+            if self.zero is not None:
+                self.zero.load_full_state(state)  # the float32 masters and the partitioned compute copies
+            elif self.world.size > 1:
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
                 set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
@@ -383,6 +405,8 @@ class QwenVLBackend:
         optimizer step and load bumps the version counters of the trainable parameters, DTensors included)."""
         if policy is not None:
             return ("checkpoint", str(_as_disk(policy)[0]))
+        if self.zero is not None:  # ZeRO-3 updates the partitions, not the parameters' own tensors
+            return ("current", self.zero.updates)
         return ("current", sum(p._version for p in self.model.parameters() if p.requires_grad))
 
     def _full_state_dict(self) -> dict[str, Tensor] | None:
@@ -393,9 +417,17 @@ class QwenVLBackend:
                 full = self._gathered_state()  # collective; only rank 0 receives the tensors
                 return get_peft_model_state_dict(self.model, state_dict=full) if self.world.main else None
             return None  # peft's save_pretrained writes the adapter
+        if self.zero is not None:
+            return self.zero.full_state(self._state_keys or [])  # a collective; the float32 masters, on rank 0
         if self.world.size > 1:
             return self._gathered_state()
         return None
+
+    def _zero_make_optimizer(self, lr: float) -> Any:
+        """The trainer's optimizer under ZeRO-3: the engine's Adam, reset to a fresh one at ``lr``."""
+        assert self.zero is not None
+        self.zero.optimizer.reset(lr)
+        return self.zero.optimizer
 
     def _gathered_state(self) -> dict[str, Tensor]:
         """The full (unsharded) state dict on rank 0, on CPU; an empty dict on the other ranks."""
@@ -616,14 +648,15 @@ def _cut(tokens: list[int], eos_ids: list[int], pad_id: int) -> tuple[list[int],
     return (tokens or [eos_ids[0]]), True
 
 
-def _missing_weights(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
-    """Weights of ``model`` that ``state`` lacks; tied weights (one parameter under several names, e.g. lm_head and
-    the input embeddings of Qwen3-VL-2B/4B, which save_pretrained writes once) count as present under any name."""
+def _missing_weights(model: nn.Module, state: dict[str, Tensor], keys: list[str] | None = None) -> list[str]:
+    """Weights of ``model`` (state-dict names ``keys``, default its state_dict's) that ``state`` lacks; tied weights
+    (one parameter under several names, e.g. lm_head and the input embeddings of Qwen3-VL-2B/4B, which
+    save_pretrained writes once) count as present under any name."""
     groups: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(n)
     alias = {n for names in groups.values() if len(names) > 1 for n in names}
-    missing = [k for k in model.state_dict() if k not in state and k not in alias]
+    missing = [k for k in (keys or model.state_dict()) if k not in state and k not in alias]
     missing += [names[0] for names in groups.values() if len(names) > 1 and not any(n in state for n in names)]
     return missing
 

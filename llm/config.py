@@ -145,8 +145,18 @@ class LLMConfig:
     engine: Literal["hf", "vllm"] = "hf"
     """Rollout engine: hf (transformers generate; CPU and GPU, tested) or vllm (GPU only; install profile
     '.[vllm]' in its own environment; weights are synced after every update)."""
+    strategy: Literal["auto", "fsdp2", "deepspeed"] = "auto"
+    """How the model is sharded when the run has several processes (torchrun / accelerate launch): fsdp2
+    (torch's fully_shard per layer), deepspeed (DeepSpeed ZeRO-3: the '[deepspeed]' install profile; full
+    fine-tuning, bfloat16 or float32), or auto = deepspeed when accelerate launched the run with a DeepSpeed config,
+    else fsdp2. With one process nothing is sharded and neither is used."""
+    deepspeed_config: str = ""
+    """strategy deepspeed: a DeepSpeed JSON config (ZeRO stage 3); empty = the deepspeed_config_file that accelerate
+    launch names, else the built-in one (configs/deepspeed/zero3.json). Keys the trainer owns (batch sizes,
+    accumulation, clipping) must be "auto" or absent; no optimizer or scheduler section."""
     vllm_gpu_memory_utilization: float = 0.4
-    """vllm: fraction of GPU memory its KV cache may take (it shares the GPU with training)."""
+    """vllm: share of the GPU's total memory the engine takes (its weights + KV cache, beside training); vLLM checks
+    that this much is free when it starts, after the training model is on the GPU."""
     scratch_dir: str = ""
     """Where look-ahead checkpoints (save_pretrained folders) go; empty = a temporary folder. Each is about
     4 bytes x trainable parameters (float32 master weights: 32 GiB for a full 8B run; a LoRA run writes only the
@@ -186,6 +196,15 @@ class LLMConfig:
             self.vllm_gpu_memory_utilization,
             "in (0, 1)",
         )
+        if self.strategy == "deepspeed":
+            one_gpu = "0 with llm.strategy='deepspeed' (LoRA is the one-GPU path)"
+            _check(self.lora_r == 0, "llm.lora_r", self.lora_r, one_gpu)
+            _check(
+                self.dtype != "float16",
+                "llm.dtype",
+                self.dtype,
+                "'bfloat16', 'float32' or 'auto' with llm.strategy='deepspeed' (fp16 would need loss scaling)",
+            )
         if self.engine == "vllm":
             _check(self.temperature <= 2, "llm.temperature", self.temperature, "<= 2 with llm.engine='vllm'")
         _check_choices(self, "llm")

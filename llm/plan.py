@@ -4,7 +4,8 @@ The model's shape comes from ``config.json`` of a local folder, or from the tabl
 ids (numbers read from their published config.json files). The estimate is an order-of-magnitude planning aid:
 
     weights      (4 P_train + b P_frozen) / W   (FSDP2 shards over W ranks; trainable weights are float32 master
-                                                 weights, frozen ones b = bytes of llm.dtype)
+                                                 weights, frozen ones b = bytes of llm.dtype; DeepSpeed ZeRO-3 in
+                                                 bf16 also keeps a b-byte compute copy: + b P_train / W)
     gradients    4 P_train / W
     Adam         8 P_train / W                  (two float32 moments)
     guide model  P x b                          (NPO/AutoNPO/LUFFY/RLEP load a checkpoint unsharded on every rank;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +136,11 @@ def plan(llm: Any, grpo: Any, method: str, world_size: int = 1, shape: dict[str,
     ref = n["total"] * b if grpo.kl_coef > 0 else 0
     logits = micro * llm.max_new_tokens * shape["V"] * (b + 8)
     kv = llm.micro_batch * s_tok * shape["L"] * 2 * shape["kv"] * shape["d"] * b
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"  # as llm/zero.py reads it
+    zero3 = w > 1 and (llm.strategy == "deepspeed" or (llm.strategy == "auto" and launched))
+    copies = b * train if zero3 and b < 4 else 0  # ZeRO-3's bf16 compute copy beside the float32 masters
     parts = {
-        "weights (sharded)": (4 * train + b * frozen) / w,
+        f"weights (sharded{', ZeRO-3' if zero3 else ''})": (4 * train + copies + b * frozen) / w,
         "gradients (sharded)": 4 * train / w,
         "Adam moments (sharded)": 8 * train / w,
         "guide model (unsharded)": guide,

@@ -4,18 +4,28 @@ rows, and the policy's weights loaded into the engine whenever they changed sinc
 
 **Not run against a real vLLM here**: this machine has no GPU, and vLLM cannot be installed beside this
 environment's torch (vLLM 0.33.0 pins torch==2.14.0 and transformers>=5.16.1,<5.21). The unit tests check the
-weight names and merged values on CPU and the calls made to a fake ``vllm`` module.
+weight names and merged values on CPU and the calls made to a stand-in ``vllm`` module that holds them to vLLM
+0.33.0's signatures.
 
-Written against vLLM 0.33.0, read from its PyPI wheel (``vllm/_version.py``: commit 4ba787ec9):
+Written against vLLM 0.33.0, read from its PyPI wheel (``vllm/_version.py``: commit 4ba787ec9), and every call
+checked again against that source (docs/llm.md lists what remains for a GPU):
 
 * ``vllm/entrypoints/llm.py``: ``LLM(model, tensor_parallel_size, dtype, seed, gpu_memory_utilization, **engine
-  args)``, ``LLM.generate(prompts, sampling_params)`` (one ``SamplingParams`` per prompt allowed),
-  ``collective_rpc``, ``reset_prefix_cache``;
+  args)`` (``distributed_executor_backend``, ``max_model_len``, ``limit_mm_per_prompt`` are ``EngineArgs``
+  fields), ``LLM.generate(prompts, sampling_params, *, use_tqdm)`` (one ``SamplingParams`` per prompt allowed;
+  outputs in prompt order), ``collective_rpc(method, timeout, args, kwargs)``, ``reset_prefix_cache``;
+* ``vllm/v1/worker/utils.py`` (``request_memory``): ``gpu_memory_utilization`` is the share of the GPU's *total*
+  memory vLLM takes (its weights + KV cache), and it must be free when the engine starts, next to the training
+  model already on the GPU;
 * ``vllm/v1/worker/gpu_worker.py`` / ``gpu_model_runner.py`` and ``vllm/model_executor/model_loader/reload/
   inplace.py``: the worker method ``reload_weights(weights_iterator, is_checkpoint_format=True)`` runs the model's
-  ``load_weights`` in place (layer by layer, into the existing storage, so CUDA graphs stay valid);
-* ``vllm/v1/engine/llm_engine.py``: ``reset_encoder_cache`` ("should be called when model weights are updated":
-  cached vision embeddings are keyed by image hash only);
+  ``load_weights`` in place (layer by layer, into the existing storage, so CUDA graphs stay valid; a layer's
+  tensors are buffered by reference until the layer is complete, so each yielded tensor must stay unchanged until
+  the call returns) and resets the runner's encoder and multimodal caches (``UniProcExecutor.collective_rpc``
+  calls the worker in this process: the iterator is not serialised);
+* ``vllm/v1/engine/llm_engine.py`` / ``core.py``: ``reset_encoder_cache`` ("should be called when model weights are
+  updated": cached vision embeddings are keyed by image hash only; it also clears the scheduler's cache manager,
+  which ``reload_weights`` does not);
 * ``vllm/model_executor/models/qwen3_vl.py``: ``Qwen3VLForConditionalGeneration.load_weights`` applies
   ``hf_to_vllm_mapper`` (``model.visual.`` -> ``visual.``, ``model.language_model.`` -> ``language_model.model.``,
   ``lm_head.`` -> ``language_model.lm_head.``), so it takes the names ``save_pretrained`` writes;
@@ -25,8 +35,12 @@ Written against vLLM 0.33.0, read from its PyPI wheel (``vllm/_version.py``: com
   vocabulary minus the banned ids per request, so the banned vision ids get a -inf bias instead);
 * ``vllm/config/parallel.py`` and ``vllm/v1/executor/uniproc_executor.py``: ``distributed_executor_backend=
   "external_launcher"`` joins the launcher's process group (RANK, LOCAL_RANK) and turns V1 multiprocessing off, so
-  the engine core lives in the calling process; ``vllm/v1/core/sched/utils.py``: a stop token stays in
-  ``CompletionOutput.token_ids``.
+  the engine core lives in the calling process; ``vllm/distributed/parallel_state.py``: with the launcher's group
+  already initialised, vLLM builds its world group over all ranks and tensor-parallel groups of one rank each (the
+  "ExternalDP" dimension), so each rank's engine generates on its own; ``ExecutorWithExternalLauncher.
+  determine_available_memory`` takes the minimum over ranks (a collective: build the engines on all ranks at once);
+* ``vllm/v1/core/sched/utils.py`` and ``vllm/v1/engine/detokenizer.py``: a stop token stays in
+  ``CompletionOutput.token_ids`` (also with ``detokenize=False``).
 
 And TRL (huggingface/trl at f2cd57710ae345ea6428ae95363267fcf38a3dc8), ``trl/generation/vllm_generation.py`` (used
 by ``trl/trainer/grpo_trainer.py``): colocate ``LLM(...)`` arguments, ``{"prompt"..., "multi_modal_data": {"image":
@@ -66,14 +80,22 @@ def vllm_weight_names(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, A
 
 
 def _full(t: Tensor) -> Tensor:
-    """The whole tensor of an FSDP2 (DTensor) parameter: a collective, every rank must call it in the same order."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+    """The whole tensor of an FSDP2 (DTensor) or DeepSpeed ZeRO-3 parameter (a copy, gathered): a collective, every
+    rank must call it in the same order."""
+    if hasattr(t, "full_tensor"):
+        return t.full_tensor()
+    if hasattr(t, "ds_id"):  # ZeRO-3: gathered for the copy, released after it
+        from deepspeed import zero
+
+        with zero.GatheredParameters([t]):
+            return t.data.clone()
+    return t
 
 
 @torch.no_grad()
 def _merged(weight: Tensor, lora: nn.Module | None) -> Tensor:
     """``weight`` (gathered) plus the active, unmerged LoRA deltas of the layer it belongs to (in float32)."""
-    w = _full(weight.detach())
+    w = _full(weight).detach()
     if lora is None or getattr(lora, "disable_adapters", False):
         return w
     acc = None
@@ -177,7 +199,7 @@ class VLLMEngine:
         ``("checkpoint", path)``) is the one last loaded; returns whether it loaded. A sharded (FSDP2) model is
         gathered parameter by parameter, so every rank must call this together (they agree on whether to load)."""
         changed = key != self.synced_key
-        if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        if any(hasattr(p, "full_tensor") or hasattr(p, "ds_id") for p in model.parameters()):
             flag = torch.tensor([float(changed)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             changed = bool(flag.item())

@@ -171,6 +171,7 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "top_p": [0.0, 1.5],
         "micro_batch": [0],
         "engine": ["sglang"],
+        "strategy": ["zero3"],
         "vllm_gpu_memory_utilization": [0.0, 1.0],
         "tiny_warm_steps": [-1],
         "tiny_warm_lr": [0.0, NAN],
@@ -218,6 +219,7 @@ FREE: dict[type, dict[str, str]] = {
         "scratch_dir": "empty (a temporary folder) or a folder, created when needed",
         "teacher": "empty, or a hub id or folder that only luffy reads (checked before any work)",
         "tiny_seed": "any integer seeds the tiny model",
+        "deepspeed_config": "empty, or a DeepSpeed JSON file, read and checked when a ZeRO-3 run starts (test_zero3)",
     },
 }
 # fields of the commands that are nested configs or inherited (covered by their own class above) or free

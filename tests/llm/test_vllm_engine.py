@@ -107,28 +107,86 @@ def test_lora_weights_are_merged_without_touching_the_model(tiny, freeze_vision)
 # ---- the engine, on a fake vllm module -------------------------------------------------------------------------
 
 
+# The stand-in holds vLLM 0.33.0 to its signatures, read from that release's wheel: LLM.__init__'s parameters
+# (vllm/entrypoints/llm.py) and the EngineArgs fields the engine passes through **kwargs (vllm/engine/arg_utils.py);
+# SamplingParams' fields and the checks of its _verify_args (vllm/sampling_params.py); the executor backends of
+# vllm/config/parallel.py; the prompt keys of vllm/inputs/llm.py (TextPrompt, _PromptOptions,
+# MultiModalDataBuiltins).
+LLM_INIT = {
+    "model", "runner", "convert", "tokenizer", "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code",
+    "allowed_local_media_path", "allowed_media_domains", "tensor_parallel_size", "dtype", "quantization", "revision",
+    "tokenizer_revision", "chat_template", "seed", "gpu_memory_utilization", "cpu_offload_gb", "offload_group_size",
+    "offload_num_in_group", "offload_prefetch_step", "offload_params", "enforce_eager", "enable_return_routed_experts",
+    "return_sampling_mask", "disable_custom_all_reduce", "hf_token", "hf_overrides", "mm_processor_kwargs",
+    "pooler_config", "structured_outputs_config", "profiler_config", "attention_config", "kv_cache_memory_bytes",
+    "compilation_config", "quantization_config", "logits_processors", "spec_method", "spec_model", "spec_tokens",
+}  # fmt: skip
+ENGINE_ARGS = {"distributed_executor_backend", "max_model_len", "limit_mm_per_prompt", "enable_sleep_mode",
+               "max_num_seqs", "enable_prefix_caching", "disable_log_stats"}  # fmt: skip
+SAMPLING_FIELDS = {
+    "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "watermarking", "top_p",
+    "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs",
+    "prompt_logprobs", "prompt_logprob_token_ids", "prompt_logprob_start", "logprob_token_ids", "flat_logprobs",
+    "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    "output_kind", "stream_interval", "skip_clone", "output_text_buffer_length", "structured_outputs", "logit_bias",
+    "allowed_token_ids", "extra_args", "bad_words", "skip_reading_prefix_cache", "thinking_token_budget",
+    "repetition_detection", "routed_experts_prompt_start", "trace_decode_token_ids",
+}  # fmt: skip
+PROMPT_KEYS = {"prompt", "multi_modal_data", "media_io_kwargs", "mm_processor_kwargs", "multi_modal_uuids",
+               "cache_salt"}  # fmt: skip
+
+
 class FakeLLM:
-    def __init__(self, **kw):
-        self.kw, self.calls, self.loaded = kw, [], []
+    def __init__(self, model, **kw):
+        unknown = set(kw) - LLM_INIT - ENGINE_ARGS
+        assert not unknown, f"not an argument of vllm 0.33's LLM(): {unknown}"
+        assert kw.get("distributed_executor_backend") in (None, "ray", "mp", "uni", "external_launcher")
+        assert kw.get("dtype", "auto") in ("auto", "half", "float16", "bfloat16", "float", "float32")
+        assert 0 < kw.get("gpu_memory_utilization", 0.92) <= 1
+        assert all(isinstance(v, int) for v in kw.get("limit_mm_per_prompt", {}).values())
+        self.kw, self.calls, self.loaded = dict(model=model, **kw), [], []
         self.llm_engine = types.SimpleNamespace(reset_encoder_cache=lambda: self.calls.append("reset_encoder_cache"))
 
-    def generate(self, prompts, sampling_params, use_tqdm=True):
+    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None,
+                 tokenization_kwargs=None, mm_processor_kwargs=None):  # fmt: skip
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(prompts)  # one per prompt
+        for prompt in prompts:
+            assert set(prompt) <= PROMPT_KEYS and isinstance(prompt["prompt"], str), prompt
+            assert set(prompt.get("multi_modal_data", {})) <= {"image", "video", "audio", "vision_chunk"}
         self.calls.append(("generate", prompts, sampling_params))
         return [
             types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=(7 + i, 2))]) for i in range(len(prompts))
         ]
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+        # the worker method (vllm/v1/worker/gpu_worker.py -> gpu_model_runner.py):
+        # reload_weights(weights_iterator=None, weights_path=None, is_checkpoint_format=True)
+        assert method == "reload_weights" and not args
+        assert set(kwargs) <= {"weights_iterator", "weights_path", "is_checkpoint_format"}
+        assert kwargs["is_checkpoint_format"] is True
         self.loaded = [(n, t.clone()) for n, t in kwargs["weights_iterator"]]
         self.calls.append(method)
+        return [None]
 
-    def reset_prefix_cache(self):
+    def reset_prefix_cache(self, reset_running_requests=False, reset_connector=False):
         self.calls.append("reset_prefix_cache")
+        return True
 
 
 class FakeSamplingParams:
+    """Only vLLM 0.33's fields, with the range checks of its _verify_args that this engine's values could meet."""
+
     def __init__(self, **kw):
+        unknown = set(kw) - SAMPLING_FIELDS
+        assert not unknown, f"not a field of vllm 0.33's SamplingParams: {unknown}"
+        assert 0.0 <= kw.get("temperature", 1.0) <= 2.0
+        assert 0.0 < kw.get("top_p", 1.0) <= 1.0
+        assert isinstance(kw.get("top_k", 0), int) and kw.get("top_k", 0) >= -1
+        assert kw.get("max_tokens", 16) >= 1 and kw.get("n", 1) >= 1
+        assert all(isinstance(t, int) for t in kw.get("stop_token_ids") or [])
+        bias = kw.get("logit_bias")
+        assert bias is None or all(isinstance(k, int) and isinstance(v, float) for k, v in bias.items())
+        assert kw.get("seed") is None or 0 <= kw["seed"] < 2**64
         self.kw = kw
 
 
