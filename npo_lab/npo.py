@@ -207,7 +207,14 @@ class AutoNPOGuide(NearFutureGuide):
     def before_step(self, state: Any, plain_step: Callable[[], dict[str, float]]) -> dict[str, float]:
         t = state.step
         reason = self.controller.trigger(t)
-        m = {"autonpo/pool_size": float(len(self.pool)), "autonpo/reward_slope": self.controller.reward_slope()}
+        c = self.controller
+        m = {
+            "autonpo/pool_size": float(len(self.pool)),
+            "autonpo/reward_slope": c.reward_slope(),
+            # the two signals the triggers read, as the controller sees them
+            "autonpo/smoothed_reward": c.smoothed[-1] if c.smoothed else float("nan"),
+            "autonpo/entropy_ema": c.entropy_ema if c.entropy_ema is not None else float("nan"),
+        }
         if reason is None:
             return m
         prompts = self.pool.prompts(self.auto.q_prompts)

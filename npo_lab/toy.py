@@ -370,9 +370,10 @@ def make_toy(
     correct answer that is already ahead grows fastest, so a far-future policy concentrates on it and gives the
     other correct answer less probability than pi_t does. On such rows w = pi_t / pi_src is large, so V keeps
     growing with Delta while Q levels off near 1. On the default instance, with
-    ``exact_gradient_path(theta0, correct, 200, lr=16.0)``, present t = 20 and k = 8, S peaks at Delta of
-    about 20 to 25 for both ``is_variance`` and ``chi2``. With ``n_correct=1``, w <= 1 on every correct row,
-    and S only rises with Delta.
+    ``exact_gradient_path(theta0, correct, 200, lr=16.0)``, present t = 20 and k = 8, S with ``chi2`` peaks at
+    Delta = 22 (5.44, down to 2.40 at Delta = 102); with ``is_variance`` S climbs to a plateau from Delta of about
+    20 on (0.714 at Delta = 23 and 0.714 at its argmax, Delta = 102); with ``log_ratio`` it is largest at Delta = 2.
+    With ``n_correct=1``, w <= 1 on every correct row, and S only rises with Delta.
 
     Args:
         n_prompts: P.

@@ -145,3 +145,39 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="autonpo.v_estimator"):
         AutoNPOConfig(v_estimator="kl")  # type: ignore[arg-type]
     assert AutoNPOConfig(candidates=(20, 5, 5)).candidates == (5, 20)
+
+
+def test_the_signals_the_triggers_read_are_logged():
+    """autonpo/smoothed_reward is the EMA of the on-policy reward the controller saw (before each step), and
+    autonpo/entropy_ema the EMA of the on-policy entropy, so a run's triggers can be read off its metrics."""
+    from npo_lab.backend import ScriptedBackend
+    from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig
+    from npo_lab.sources import make_source
+    from npo_lab.trainer import make_state, train
+    from npo_lab.utils import seed_everything
+
+    class Memory:
+        def __init__(self):
+            self.rows = {}
+
+        def log(self, metrics, step):
+            self.rows.setdefault(step, {}).update(metrics)
+
+        def flush(self):
+            pass
+
+    seed_everything(0)
+    grpo = GRPOConfig(batch_size=16, group_size=4, lr=0.1)
+    auto = AutoNPOConfig(smoothing=0.5, window=3, bootstrap_until=0, max_interventions=1)
+    source = make_source("autonpo", MethodConfigs(autonpo=auto), 8, grpo=grpo)
+    log = Memory()
+    train(make_state(ScriptedBackend(n_prompts=8, seq_len=2, vocab=4, init_bias=1.0), grpo, 0), source,
+          RunConfig(steps=8, eval_every=100), grpo, logger=log)  # fmt: skip
+    rewards = [log.rows[s]["reward/on_policy_mean"] for s in range(1, 9)]  # step k's metrics are logged at k + 1
+    ema = None
+    for step in range(2, 9):  # before step k (logged at k + 1) the controller has seen steps 0 .. k - 1
+        r = rewards[step - 2]
+        ema = r if ema is None else ema + 0.5 * (r - ema)
+        assert log.rows[step]["autonpo/smoothed_reward"] == pytest.approx(ema)
+        assert log.rows[step]["autonpo/entropy_ema"] > 0
+    assert math.isnan(log.rows[1]["autonpo/smoothed_reward"])  # nothing observed before the first step
