@@ -123,6 +123,7 @@ def qvs_along_run(
     seed_everything(seed)
     backend = make_backend(seed)
     state = make_state(backend, grpo, seed)
+    state.total_steps = steps  # the learning-rate schedule decays over the measured run's length
     rng = random.Random(seed + 31337)
     probe_ids = sorted(rng.sample(range(backend.num_prompts), min(probe, backend.num_prompts)))
     teacher_ck = backend.teacher() if teacher and hasattr(backend, "teacher") else None
