@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from npo_lab.backend import Checkpoint
 from npo_lab.batch import RolloutBatch
+from npo_lab.checkpoint import link_tree
 
 CHECKPOINT_FORMAT = "npo_lab-hf-folder-v1"
 _WARM: dict[str, tuple[dict[str, Tensor], float]] = {}
@@ -66,13 +67,9 @@ class DiskCheckpoint:
             weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
     def persist(self, dest: str | Path) -> dict[str, Any]:
-        dest = Path(dest)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(self.path, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        """Put the folder at ``dest`` (a new folder inside a training checkpoint being written): hard links where
+        the file system allows (the files are never modified), else a copy."""
+        link_tree(self.path, Path(dest))
         return {"format": CHECKPOINT_FORMAT, "path": str(dest), "rng": self.rng}
 
     def __repr__(self) -> str:

@@ -13,8 +13,8 @@ from typing import Literal
 
 from npo_lab.config import _check, _check_choices
 
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # module:function or module:Class.method
+_DEVICE = re.compile(r"^(auto|cpu|(cuda|mps|xpu|npu|hpu)(:\d+)?)$")
 
 
 @dataclass
@@ -100,7 +100,7 @@ class RewardConfig:
         _check(self.accuracy_weight >= 0, "llm.reward.accuracy_weight", self.accuracy_weight, ">= 0")
         _check(self.format_weight >= 0, "llm.reward.format_weight", self.format_weight, ">= 0")
         for spec in (c.strip() for c in self.custom.split(",") if c.strip()):
-            _check(bool(_CALLABLE.match(spec)), "llm.reward.custom", spec, "comma-separated 'module:function' names")
+            _check(bool(_CALLABLE.match(spec)), "llm.reward.custom", spec, "comma-separated 'module:function' paths")
         _check_choices(self, "llm.reward")
 
 
@@ -117,7 +117,7 @@ class LLMConfig:
     updates away), frozen ones in this dtype; guide models load in it."""
     device: str = "auto"
     """auto = cuda:<local rank> when a GPU is visible, else cpu."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
+    attn_implementation: str = "sdpa"
     """transformers attention implementation (sdpa, eager, flash_attention_2)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
@@ -176,7 +176,8 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "llm.model", self.model, "a hub id, a folder, or 'tiny'")
-        _check(bool(_DEVICE.match(self.device)), "llm.device", self.device, "auto, cpu, mps, cuda or cuda:<index>")
+        _check(bool(_DEVICE.match(self.device)), "llm.device", self.device, "auto, cpu or cuda/mps/xpu/npu/hpu[:N]")
+        _check(bool(self.attn_implementation.strip()), "llm.attn_implementation", self.attn_implementation, "a name")
         _check(self.lora_alpha >= 1, "llm.lora_alpha", self.lora_alpha, ">= 1")
         _check(
             bool(self.lora_targets.strip(",")), "llm.lora_targets", self.lora_targets, "comma-separated module names"

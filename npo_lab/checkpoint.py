@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -66,12 +67,13 @@ class FolderHandle(dict):
             weakref.finalize(self, shutil.rmtree, str(owned), True)
 
     def persist(self, dest: str | Path) -> dict[str, Any]:
-        _link_tree(Path(self["path"]), Path(dest))
+        link_tree(Path(self["path"]), Path(dest))
         return {**self, "path": str(dest)}
 
 
-def _link_tree(src: Path, dest: Path) -> None:
-    """Copy the folder ``src`` to ``dest`` with hard links (a real copy where links are not possible)."""
+def link_tree(src: Path, dest: Path) -> None:
+    """Copy the folder ``src`` to ``dest`` with hard links (a real copy where links are not possible): checkpoint
+    files are written once and never modified, so a link is as good as a copy and costs no bytes."""
 
     def link(a: str, b: str) -> None:
         try:
@@ -97,15 +99,15 @@ def _persist_folders(doc: Any, folder: Path, where: str = "") -> Any:
         if isinstance(x, dict):
             return type(x)((k, walk(v, f"{key}.{k}" if key else str(k))) for k, v in x.items())
         if isinstance(x, list | tuple):
-            return type(x)(walk(v, key) for v in x)
+            return type(x)(walk(v, f"{key}.{i}") for i, v in enumerate(x))
         return x
 
     return walk(doc, where)
 
 
-def _resolve_folders(doc: Any, ckpt: Path) -> Any:
+def _resolve_folders(doc: Any, ckpt: Path, scratch: Path) -> Any:
     """Inverse of :func:`_persist_folders`: each ``{"__folder__": name}`` becomes a :class:`FolderHandle` on a
-    hard-linked copy of ``ckpt/name`` in a private ``.resumed-*`` folder beside ``ckpt``."""
+    hard-linked copy of ``ckpt/name`` in a private ``.resumed-*`` folder in ``scratch``."""
 
     def walk(x: Any) -> Any:
         if isinstance(x, dict) and "__folder__" in x:
@@ -113,9 +115,9 @@ def _resolve_folders(doc: Any, ckpt: Path) -> Any:
             src = ckpt / name
             if not src.is_dir():
                 raise CheckpointError(f"checkpoint {ckpt} lacks the folder {name}/ its state refers to")
-            scratch = Path(tempfile.mkdtemp(prefix=".resumed-", dir=ckpt.parent))
-            _link_tree(src, scratch / name)
-            return FolderHandle(scratch / name, {k: v for k, v in x.items() if k != "__folder__"}, owned=scratch)
+            own = Path(tempfile.mkdtemp(prefix=".resumed-", dir=scratch))
+            link_tree(src, own / name)
+            return FolderHandle(own / name, {k: v for k, v in x.items() if k != "__folder__"}, owned=own)
         if isinstance(x, dict):
             return type(x)((k, walk(v)) for k, v in x.items())
         if isinstance(x, list | tuple):
@@ -125,13 +127,14 @@ def _resolve_folders(doc: Any, ckpt: Path) -> Any:
     return walk(doc)
 
 
-_PLAIN = (torch.Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.Size)
+_SCALARS = (str, bytes, int, float, bool, type(None), torch.dtype, torch.Size)
+"""Exact types: a subclass (numpy.float64, an IntEnum) is pickled by its class, which weights_only refuses."""
 
 
 def check_plain(doc: Any, where: str = "state") -> None:
     """Raise :class:`CheckpointError` naming the first value ``torch.load(weights_only=True)`` could not read back
     (anything but tensors, numbers, strings, None and dicts / lists / tuples of them)."""
-    if isinstance(doc, _PLAIN):
+    if type(doc) in _SCALARS or type(doc) is torch.Tensor:
         return
     if type(doc) in (dict, OrderedDict):  # exact types: a subclass would be pickled by its class name
         for k, v in doc.items():
@@ -166,11 +169,14 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, sync: bool = False) -> str:
+    """The file's SHA-256; ``sync`` also fsyncs it (files a folder-backed policy copied in were never fsynced)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+        if sync:
+            os.fsync(f.fileno())
     return h.hexdigest()
 
 
@@ -196,12 +202,12 @@ def save_checkpoint(root: str | Path, step: int, doc: dict[str, Any], keep: int 
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
         body = _persist_folders(doc, tmp)
         check_plain(body)
-        import io
-
         buf = io.BytesIO()
         torch.save(body, buf)
         _write_file(tmp / STATE_FILE, buf.getvalue())
-        files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(tmp)}
+        files = {
+            str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p, sync=True)} for p in _files(tmp)
+        }
         manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files}
         _write_file(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         for d in sorted({p.parent for p in _files(tmp)}, key=lambda p: -len(p.parts)):
@@ -209,14 +215,19 @@ def save_checkpoint(root: str | Path, step: int, doc: dict[str, Any], keep: int 
         if final.exists():  # the same step written again (a resumed run): the new one replaces it
             old = root / f".{final.name}.old-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
+            final.rename(old)  # a kill before the next rename leaves .old-, which clean_stale renames back
+            try:
+                tmp.rename(final)
+            except BaseException:
+                old.rename(final)
+                raise
+            tmp = None
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
         tmp = None
         _fsync_dir(root)
-        _replace_text(root / "latest", final.name + "\n")
+        write_text_atomic(root / "latest", final.name + "\n")
     except BaseException as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -227,12 +238,15 @@ def save_checkpoint(root: str | Path, step: int, doc: dict[str, Any], keep: int 
         raise
     if keep > 0:
         for old_ckpt in list_checkpoints(root)[:-keep]:
-            if old_ckpt != final:
-                shutil.rmtree(old_ckpt, ignore_errors=True)
+            if old_ckpt != final:  # renamed first: a kill during the removal leaves no half-deleted step_* folder
+                doomed = root / f".{old_ckpt.name}.del-{os.getpid()}"
+                old_ckpt.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
-def _replace_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s content atomically (temporary file, fsync, rename, fsync of the folder)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     _write_file(tmp, text.encode())
@@ -271,6 +285,9 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint file {mf} is corrupted: {e}") from e
+    unlisted = [str(p.relative_to(path)) for p in _files(path) if p != mf and str(p.relative_to(path)) not in files]
+    if unlisted:
+        raise CheckpointError(f"checkpoint {path} holds files its manifest does not list: {unlisted[:3]}")
     for rel, info in files.items():
         f = path / rel
         if not f.is_file():
@@ -283,9 +300,11 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, scratch: str | Path | None = None) -> dict[str, Any]:
     """Verify and read checkpoint ``path`` (a folder written by :func:`save_checkpoint`; a legacy ``.pt`` file is
-    read without checksums). Folder-backed policies come back as :class:`FolderHandle` s."""
+    read without checksums). Folder-backed policies come back as :class:`FolderHandle` s, hard-linked into private
+    folders in ``scratch`` (default: beside ``path``; pass another run's folder, or a temporary one, when reading a
+    checkpoint of another run)."""
     path = Path(path)
     if path.is_file():
         return _load_legacy(path)
@@ -294,7 +313,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         body = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # the checksum matched, so this is a file written by another version
         raise CheckpointError(f"checkpoint file {path / STATE_FILE} is unreadable: {e}") from e
-    return _resolve_folders(body, path)
+    return _resolve_folders(body, path, Path(scratch) if scratch is not None else path.parent)
 
 
 def _load_legacy(path: Path) -> dict[str, Any]:
@@ -316,7 +335,12 @@ def clean_stale(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    stale = [p for p in root.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)]
+    for old in [p for p in root.iterdir() if re.match(r"^\.(step_\d+)\.old-", p.name)]:
+        final = root / old.name[1:].split(".old-")[0]
+        if not final.exists():  # killed between the two renames of a replacement: the old one is the checkpoint
+            old.rename(final)
+    marks = (".tmp-", ".old-", ".del-")
+    stale = [p for p in root.iterdir() if p.name.startswith(".") and any(m in p.name for m in marks)]
     stale += [p for p in root.iterdir() if p.name.startswith(".resumed-")]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -387,6 +411,6 @@ def restore_training_state(state: Any, doc: dict[str, Any]) -> None:
     restore_rng(doc["rng"])
 
 
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_training_checkpoint(path: str | Path, scratch: str | Path | None = None) -> dict[str, Any]:
     """Read a training checkpoint (folder or legacy file); errors name the file and the problem."""
-    return load_checkpoint(path)
+    return load_checkpoint(path, scratch)

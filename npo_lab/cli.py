@@ -168,7 +168,7 @@ class TrainCommand(ExperimentConfig):
                 raise ValueError(
                     f"previous must be empty unless --method is rlep (only rlep reads it), not {self.method!r}"
                 )
-            if not Path(self.previous).exists():
+            if not self.resume and not Path(self.previous).exists():  # a resumed rlep run restores its pool
                 raise ValueError(f"previous: checkpoint {self.previous} does not exist")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
@@ -268,8 +268,8 @@ def _typed(value: Any, tp: Any, name: str) -> Any:
     return float(value) if tp is float else value
 
 
-def load_config_file(cls: type, path: str) -> Any:
-    """Read a TOML (.toml) or JSON (.json) config file into ``cls``."""
+def load_config_file(cls: type, path: str, **overrides: Any) -> Any:
+    """Read a TOML (.toml) or JSON (.json) config file into ``cls`` (top-level ``overrides`` replace its keys)."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {path} does not exist")
@@ -285,7 +285,7 @@ def load_config_file(cls: type, path: str) -> Any:
             raise ValueError(f"config file {path} must end in .toml or .json")
     except (ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"config file {path} could not be parsed: {e}") from e
-    return from_dict(cls, data)
+    return from_dict(cls, {**data, **overrides})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -311,7 +311,7 @@ def parse(command: str, argv: list[str]) -> Any:
     resume = _flag_value(argv, "--resume") if command == "train" else None
     if resume and _flag_value(argv, "--config") is None:  # a resumed run's config is its own config.json
         run_dir, _ = resume_target(resume)
-        default = load_config_file(cls, str(run_dir / "config.json"))
+        default = load_config_file(cls, str(run_dir / "config.json"), resume=resume)
     rest: list[str] = []
     i = 0
     while i < len(argv):
@@ -344,8 +344,10 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-RESUME_MAY_CHANGE = {"steps", "threads", "tensorboard", "checkpoint_every", "keep_checkpoints", "resume", "out"}
-"""Fields a resumed run may set differently from the run's config.json (nothing that changes its trajectory)."""
+RESUME_MAY_CHANGE = {"tensorboard", "checkpoint_every", "keep_checkpoints", "resume", "out", "llm.scratch_dir"}
+"""Fields a resumed run may set differently from the run's config.json: nothing that changes its trajectory.
+(``steps`` moves the learning-rate schedule and NPO's windows; ``threads`` changes how CPU sums round: a resumed
+run keeps the thread count its checkpoint recorded unless ``threads`` is given, and then must give the same.)"""
 
 
 def resume_target(path: str) -> tuple[Path, Path | None]:
@@ -476,6 +478,7 @@ def run_compare(cfg: CompareCommand, command: str) -> dict[str, Any]:
 
 def run_train(cfg: TrainCommand) -> Any:
     import os
+    import tempfile
 
     import torch
 
@@ -486,14 +489,13 @@ def run_train(cfg: TrainCommand) -> Any:
         list_checkpoints,
         restore_training_state,
         save_training_checkpoint,
+        write_text_atomic,
     )
     from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
     from npo_lab.sources import make_source
     from npo_lab.trainer import NonFiniteError, make_state, train
     from npo_lab.utils import seed_everything
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     # under torchrun / accelerate launch every rank trains; rank 0 alone writes the run folder
     main_rank = int(os.environ.get("RANK", "0")) == 0
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -502,24 +504,30 @@ def run_train(cfg: TrainCommand) -> Any:
     if cfg.resume:
         if world > 1:
             raise ValueError("resume runs in one process: checkpoints of a sharded run hold no optimizer state")
+        check_resume_config(cfg)  # also when resume came from a config file rather than the flag
         run_dir, ckpt = resume_target(cfg.resume)
-        clean_stale(run_dir / "checkpoints")  # what interrupted writes of the previous process left
-        doc = _read_resume_checkpoint(ckpt) if ckpt is not None else None
     else:
         run_dir = Path(cfg.out) / f"{run_label(cfg)}__{label}__{cfg.seed}__{int(time.time())}"
     ckpt_root = run_dir / "checkpoints"
+    lock = _lock_run_folder(run_dir) if main_rank else None  # noqa: F841 (held until the process ends)
+    if cfg.resume:
+        clean_stale(ckpt_root)  # what interrupted writes of the previous process left
+        doc = _read_resume_checkpoint(ckpt) if ckpt is not None else None
+        threads = (doc or {}).get("extra", {}).get("threads")
+        if not cfg.threads and threads:  # the same thread count, so CPU reductions round the same way
+            torch.set_num_threads(int(threads))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        saved_cfg = {**to_dict(cfg), "resume": ""}  # the run's own config, reusable with --config
+        write_text_atomic(run_dir / "config.json", json.dumps(saved_cfg, indent=2) + "\n")
         print(f"run folder: {run_dir}")
         if cfg.resume:
-            assert ckpt is None or doc is not None
             print(f"resuming from {ckpt} (step {doc['step']})" if doc else "no complete checkpoint: starting over")
             if doc is not None:  # checkpoints after the one resumed from belong to a trajectory no longer followed
-                later = [p for p in list_checkpoints(ckpt_root) if p.name > ckpt.name]
+                later = [p for p in list_checkpoints(ckpt_root) if _step_of(p) > _step_of(ckpt)]
                 if later:
-                    aside = ckpt_root / f"superseded-{int(time.time())}"
-                    aside.mkdir()
+                    aside = Path(tempfile.mkdtemp(prefix=f"superseded-{int(time.time())}-", dir=ckpt_root))
                     for p in later:
                         p.rename(aside / p.name)
                     print(f"moved {len(later)} later checkpoint(s) to {aside}")
@@ -537,7 +545,11 @@ def run_train(cfg: TrainCommand) -> Any:
         events = EventLog(run_dir, resume_at=tuple(resumed["events"]) if "events" in resumed else None)
         loggers.append(csv_log)
         if cfg.tensorboard:
-            loggers.append(TensorBoardLogger(run_dir, purge_step=doc["step"] if doc else None))
+            # TensorBoard cannot cut files back: it hides what earlier processes logged from these steps on (a
+            # run that starts over hides everything); the metrics of step s were logged before its checkpoint
+            purge = (doc["step"] + 1, int(doc["loop"]["la_step"])) if doc else (0, 0) if cfg.resume else None
+            loggers.append(TensorBoardLogger(run_dir, purge_step=purge[0] if purge else None,
+                                             lookahead_purge_step=purge[1] if purge else None))  # fmt: skip
     logger = MultiLogger(*loggers)
 
     def save(st: Any, loop: dict[str, Any]) -> None:
@@ -546,7 +558,12 @@ def run_train(cfg: TrainCommand) -> Any:
             return
         assert csv_log is not None and events is not None
         logger.flush()
-        extra = {"csv": csv_log.position(), "events": list(events.position()), "world_size": world}
+        extra = {
+            "csv": csv_log.position(),
+            "events": list(events.position()),
+            "world_size": world,
+            "threads": torch.get_num_threads(),
+        }
         save_training_checkpoint(
             ckpt_root, st, loop, extra, keep=cfg.keep_checkpoints, policy=policy, optimizer=world == 1
         )
@@ -558,8 +575,11 @@ def run_train(cfg: TrainCommand) -> Any:
     if method == "rlep" and doc is None:  # a resumed rlep run restores its pool from the checkpoint
         previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps, backend)
     source = make_source(method, cfgs, cfg.steps, grpo=cfg.grpo, teacher=teacher, previous=previous, seed=cfg.seed)
+    resume_loop = None
     if doc is not None:
         restore_training_state(state, doc)  # last: it restores every global RNG
+        resume_loop = doc["loop"]
+        doc = None  # drops the policy's private copy (a folder-backed policy: a whole model on disk)
     from tqdm import tqdm
 
     try:
@@ -575,7 +595,7 @@ def run_train(cfg: TrainCommand) -> Any:
                 on_step=bar.update,
                 save_checkpoint=save,
                 events=events,
-                resume=doc["loop"] if doc else None,
+                resume=resume_loop,
             )
     except (NonFiniteError, CheckpointError) as e:
         last = latest_checkpoint(ckpt_root)
@@ -597,6 +617,25 @@ def run_train(cfg: TrainCommand) -> Any:
     return res
 
 
+def _step_of(ckpt: Path) -> int:
+    return int(ckpt.name.split("_")[-1])
+
+
+def _lock_run_folder(run_dir: Path) -> Any:
+    """An exclusive lock on ``run_dir/.lock`` for this process's lifetime: a second process on the same run (a
+    resume of a run still going) would delete the first one's temporary folders and interleave its logs."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "w")  # noqa: SIM115 (kept open: the lock lasts as long as the file)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        raise ValueError(f"run folder {run_dir} is in use by another npo-lab process") from e
+    return f
+
+
 def _read_resume_checkpoint(ckpt: Path) -> dict[str, Any]:
     """Load the checkpoint a run resumes from; if it is damaged, the error names the file and the newest intact
     earlier checkpoint to resume from instead."""
@@ -606,7 +645,7 @@ def _read_resume_checkpoint(ckpt: Path) -> dict[str, Any]:
         doc = load_checkpoint(ckpt)
     except CheckpointError as e:
         intact = None
-        for p in reversed([p for p in list_checkpoints(ckpt.parent) if p.name < ckpt.name]):
+        for p in reversed([p for p in list_checkpoints(ckpt.parent) if _step_of(p) < _step_of(ckpt)]):
             try:
                 verify_checkpoint(p)
                 intact = p
@@ -696,9 +735,13 @@ def _previous_policy(cfg: TrainCommand, steps: int, backend: Any) -> Any:
     ``backend`` from its initial weights, which are then restored (as ``npo-lab compare`` does per seed; the
     checkpoint stays owned by the backend that reads it)."""
     if cfg.previous:
+        import tempfile
+
         from npo_lab.checkpoint import load_training_checkpoint
 
-        return load_training_checkpoint(cfg.previous)["policy"]  # a checkpoint folder, or a legacy .pt file
+        # a checkpoint folder (or a legacy .pt file) of another run: its folders are linked into a temporary
+        # folder, not beside that run's checkpoints
+        return load_training_checkpoint(cfg.previous, scratch=tempfile.gettempdir())["policy"]
     from npo_lab.trainer import make_state, train
     from npo_lab.utils import seed_everything
 

@@ -56,6 +56,7 @@ class CSVLogger:
     def position(self) -> int:
         """Flush and return the file's size (what a checkpoint records to resume from)."""
         self._f.flush()
+        os.fsync(self._f.fileno())  # on disk before a checkpoint records the size
         return os.fstat(self._f.fileno()).st_size
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -71,23 +72,31 @@ class CSVLogger:
 
 
 class TensorBoardLogger:
-    """Scalars to TensorBoard event files (``tensorboard --logdir <run dir>``)."""
+    """Scalars to TensorBoard event files (``tensorboard --logdir <run dir>``).
 
-    def __init__(self, logdir: str | Path, purge_step: int | None = None) -> None:
+    ``lookahead/*`` metrics count NPO's look-ahead steps, not training steps, so they go to a run of their own
+    (``<run dir>/lookahead``). ``purge_step`` / ``lookahead_purge_step`` (a resumed run): TensorBoard hides what
+    earlier processes logged at or after these steps, which the resumed run logs again."""
+
+    def __init__(
+        self, logdir: str | Path, purge_step: int | None = None, lookahead_purge_step: int | None = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is slow to import
 
-        # purge_step (a resumed run): TensorBoard hides the earlier events at or after this step
         self._w = SummaryWriter(str(logdir), purge_step=purge_step)
+        self._la = SummaryWriter(str(Path(logdir) / "lookahead"), purge_step=lookahead_purge_step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
-            self._w.add_scalar(k, float(v), step)
+            (self._la if k.startswith("lookahead/") else self._w).add_scalar(k, float(v), step)
 
     def flush(self) -> None:
         self._w.flush()
+        self._la.flush()
 
     def close(self) -> None:
         self._w.close()
+        self._la.close()
 
 
 class MultiLogger:
@@ -121,8 +130,9 @@ class EventLog:
 
     def position(self) -> tuple[int, int]:
         """Flush and return both files' sizes (see :meth:`CSVLogger.position`)."""
-        self._json.flush()
-        self._text.flush()
+        for f in (self._json, self._text):
+            f.flush()
+            os.fsync(f.fileno())
         return os.fstat(self._json.fileno()).st_size, os.fstat(self._text.fileno()).st_size
 
     def __call__(self, event: dict) -> None:

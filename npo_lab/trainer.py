@@ -410,7 +410,8 @@ def train(
         log.log(m, state.step)
         result.train_reward.append(m["reward/on_policy_mean"])
         result.zero_std_groups.append(m["reward/frac_zero_std"])
-        if save_checkpoint is not None and run.checkpoint_every and state.step % run.checkpoint_every == 0:
+        due = run.checkpoint_every and state.step % run.checkpoint_every == 0
+        if save_checkpoint is not None and due and state.step < run.steps:  # the last step's is written below
             save_checkpoint(state, loop_state())
         if on_step is not None:
             on_step(1)

@@ -116,6 +116,9 @@ def _damage(kind: str, ckpt: Path) -> Path:
     if kind == "garble the manifest":
         manifest.write_text("{not json")
         return manifest
+    if kind == "an extra file in a weights folder":
+        (ckpt / "guide" / "extra.safetensors").write_bytes(b"x")
+        return ckpt
     if kind == "manifest of another format":
         m = json.loads(manifest.read_text())
         manifest.write_text(json.dumps({**m, "format": "something-else"}))
@@ -135,6 +138,7 @@ CORRUPTIONS = [
     "delete the manifest",
     "garble the manifest",
     "manifest of another format",
+    "an extra file in a weights folder",
 ]
 
 
@@ -264,8 +268,55 @@ def test_a_real_file_size_limit_is_reported_and_loses_nothing(tmp_path):
 def test_an_interrupted_write_never_looks_complete(tmp_path, monkeypatch):
     """A write cut short by an exception (like a kill) leaves no folder that a reader would take as a checkpoint."""
     save_checkpoint(tmp_path, 1, doc(1))
-    monkeypatch.setattr(checkpoint, "_sha256", lambda p: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(checkpoint, "_sha256", lambda p, sync=False: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, 2, doc(2))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000001"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_values_weights_only_cannot_read_are_refused_even_as_subclasses(tmp_path):
+    import enum
+
+    import numpy as np
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    for bad, name in (
+        (np.float64(0.5), "float64"),
+        (Color.RED, "Color"),
+        (torch.nn.Parameter(torch.ones(1)), "Parameter"),
+    ):
+        with pytest.raises(CheckpointError, match=f"state\\['x'\\]: a .*{name} is not a plain value"):
+            save_checkpoint(tmp_path, 1, {"x": bad})
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_two_folder_policies_in_a_list_get_a_folder_each(tmp_path):
+    ckpt = save_checkpoint(tmp_path, 1, {"pool": [FolderPolicy(b"a"), FolderPolicy(b"b")]})
+    back = load_checkpoint(ckpt)
+    assert [(Path(h["path"]) / "model.safetensors").read_bytes() for h in back["pool"]] == [b"a", b"b"]
+
+
+def test_rewriting_a_step_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """The final step written again (a resumed run): if the new folder never lands, the old one is back in place;
+    a kill between the two renames leaves the old one aside, and clean_stale puts it back."""
+    save_checkpoint(tmp_path, 1, doc(1))
+    rename = Path.rename
+
+    def interrupted(self, target):
+        if ".tmp-" in self.name:  # the new folder's rename into place
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 1, doc(2))
+    monkeypatch.setattr(Path, "rename", rename)
+    assert load_checkpoint(tmp_path / "step_000001")["step"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # as a kill would leave it: the old folder renamed aside, the new one never renamed in
+    (tmp_path / "step_000001").rename(tmp_path / ".step_000001.old-4242")
+    assert checkpoint.clean_stale(tmp_path) == []
+    assert load_checkpoint(tmp_path / "step_000001")["step"] == 1

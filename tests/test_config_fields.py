@@ -151,7 +151,7 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
     (RewardConfig, "llm.reward"): {
         "accuracy_weight": [-1.0, NAN],
         "format_weight": [-1.0, INF],
-        "custom": ["module_without_function", "a:b:c", "mod:"],
+        "custom": ["module_without_function", "a:b:c", "mod:", "mod:1fn"],
         "timeout_s": [0.0, INF],
         "max_chars": [8],
         "workers": [0],
@@ -159,8 +159,8 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
     (LLMConfig, "llm"): {
         "model": [""],
         "dtype": ["int8"],
-        "device": ["gpu", "cuda:x", ""],
-        "attn_implementation": ["fast"],
+        "device": ["gpu", "cuda:x", "", "tpu"],
+        "attn_implementation": ["", " "],  # any name transformers knows (sdpa, flash_attention_4, a hub kernel)
         "lora_r": [-1],
         "lora_alpha": [0],
         "lora_dropout": [-0.1, 1.0],

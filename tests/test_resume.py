@@ -188,6 +188,8 @@ def test_resume_refuses_what_it_cannot_honour(tmp_path):
     # a setting that changes the trajectory
     r = _cli("--resume", str(run), "--grpo.lr", "0.1")
     assert r.returncode == 2 and "grpo.lr (0.0003 -> 0.1)" in r.stderr and "may change only" in r.stderr
+    r = _cli("--resume", str(run), "--steps", "10")  # the schedule and NPO's windows depend on the length
+    assert r.returncode == 2 and "steps (6 -> 10)" in r.stderr
     # not a run
     r = _cli("--resume", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "neither a run folder" in r.stderr
@@ -209,3 +211,52 @@ def test_resume_from_an_older_checkpoint_sets_the_later_ones_aside(tmp_path):
     aside = [p for p in (copy / "checkpoints").iterdir() if p.name.startswith("superseded-")]
     assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir())[0] == "step_000003"
     assert_same_run(straight, copy)
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar TensorBoard shows for ``folder`` (purged events hidden), by tag and step; timings left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(folder))
+    ea.Reload()
+    tags = [t for t in ea.Tags()["scalars"] if not t.startswith("time/") and not t.endswith("_s")]
+    return {t: {e.step: e.value for e in ea.Scalars(t)} for t in tags}
+
+
+def test_tensorboard_of_a_resumed_run_shows_every_step_once(tmp_path):
+    args = [a for a in TINY if a != "--no-tensorboard"] + [*METHODS["npo"], "--steps", "9"]
+    straight, resumed = resume_in_process(tmp_path / "out", args, cut=5)
+    a, b = tensorboard_scalars(straight), tensorboard_scalars(resumed)
+    assert a == b and len(a["reward/on_policy_mean"]) == 9
+    la, lb = tensorboard_scalars(straight / "lookahead"), tensorboard_scalars(resumed / "lookahead")
+    assert la == lb and len(la["lookahead/reward/on_policy_mean"]) == 6  # interventions at 0, 4, 8; delta 2
+
+
+def test_a_resumed_rlep_run_needs_no_previous_run(tmp_path):
+    """rlep's pool is in its checkpoints: the checkpoint it was decoded from may be gone when the run resumes."""
+    from npo_lab.cli import main
+
+    assert main(["train", *TINY, "--method", "grpo", "--steps", "3", "--out", str(tmp_path / "prev")]) == 0
+    prev = latest_checkpoint(only_run(tmp_path / "prev") / "checkpoints")
+    args = [*TINY, "--method", "rlep", "--previous", str(prev), "--steps", "6", "--checkpoint-every", "1"]
+    assert main(["train", *args, "--out", str(tmp_path / "out")]) == 0
+    run = only_run(tmp_path / "out")
+    shutil.rmtree(prev.parent.parent)  # the previous run is gone
+    for p in list_checkpoints(run / "checkpoints")[1:]:
+        shutil.rmtree(p)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "result.json").read_text())["final_accuracy"] >= 0.0
+
+
+def test_a_run_folder_in_use_is_not_resumed(tmp_path, capsys):
+    from npo_lab.cli import _lock_run_folder, main
+
+    assert main(["train", *TINY, *METHODS["npo"], "--steps", "2", "--out", str(tmp_path)]) == 0
+    run = only_run(tmp_path)
+    held = _lock_run_folder(run)  # as a process still training in that folder holds it
+    assert main(["train", "--resume", str(run)]) == 1
+    assert f"run folder {run} is in use by another npo-lab process" in capsys.readouterr().err
+    held.close()
+    assert main(["train", "--resume", str(run)]) == 0
+    # the run's config.json is its own config, reusable as --config: it does not say "resume"
+    assert json.loads((run / "config.json").read_text())["resume"] == ""

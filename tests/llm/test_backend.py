@@ -223,13 +223,13 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(make_backend, tmp_p
         load_model(str(folder), torch.float32)
 
 
-def test_temporary_checkpoints_are_removed_when_released(make_backend):
+def test_temporary_checkpoints_are_removed_when_released(make_backend, tmp_path):
     import gc
 
     be = make_backend()
     ck = be.save()
     path = ck.path
-    kept = ck.persist(path.parent.parent / (path.name + "-kept"))
+    kept = ck.persist(tmp_path / (path.name + "-kept"))
     assert path.is_dir() and Path(kept["path"]).is_dir()
     del ck
     gc.collect()
