@@ -40,6 +40,32 @@ def _reopen(path: Path, at: int | None, newline: str | None = None) -> TextIO:
     return path.open("a", newline=newline)
 
 
+class MemoryLogger:
+    """Keeps every logged metric in memory (notebooks, tests): ``rows`` in logging order, ``series(name)``.
+
+    >>> log = MemoryLogger(); log.log({"reward/mean": 0.5}, 1); log.log({"reward/mean": 0.7}, 2)
+    >>> log.series("reward/mean")
+    ([1, 2], [0.5, 0.7])
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def series(self, name: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric, in logging order (``lookahead/*`` metrics count look-ahead steps)."""
+        pts = [(s, m[name]) for s, m in self.rows if name in m]
+        return [s for s, _ in pts], [v for _, v in pts]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class CSVLogger:
     """Appends ``step,name,value`` rows to ``path`` (long format: every metric, whenever it is logged).
 

@@ -147,29 +147,9 @@ CELLS = [
         "code",
         r"""
         from npo_lab.compare import lookahead_before
+        from npo_lab.metrics import MemoryLogger
         from npo_lab.sources import make_source
         from npo_lab.trainer import train
-
-
-        class History:
-            "Keeps every logged metric in memory; series(name) -> (steps, values)."
-
-            def __init__(self):
-                self.rows = []
-
-            def log(self, metrics, step):
-                self.rows.append((step, dict(metrics)))
-
-            def flush(self):
-                pass
-
-            def close(self):
-                pass
-
-            def series(self, name):
-                pts = [(s, m[name]) for s, m in self.rows if name in m and not name.startswith("lookahead/")]
-                return [s for s, _ in pts], [v for _, v in pts]
-
 
         STEPS, SEEDS = 400, (3,)  # SEEDS = (0, 3) adds a typical seed (about 35 s more)
         run = RunConfig(steps=STEPS, eval_every=20)
@@ -183,7 +163,7 @@ CELLS = [
                 seed_everything(seed)
                 state = make_state(backend, grpo, seed=seed)
                 source = make_source(method, MethodConfigs(npo=npo), STEPS, grpo=grpo)
-                logs[seed, method] = History()
+                logs[seed, method] = MemoryLogger()
                 r = results[seed, method] = train(state, source, run, grpo, seed=seed, logger=logs[seed, method])
                 print(f"seed {seed} {method}: final accuracy {r.final_accuracy:.3f}, look-ahead steps {r.lookahead_steps}")
         """,

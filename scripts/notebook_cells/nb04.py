@@ -165,30 +165,10 @@ CELLS = [
         from npo_lab.envs.config import TinyLMConfig
 
         from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
+        from npo_lab.metrics import MemoryLogger
         from npo_lab.sources import make_source
         from npo_lab.tasks.arithmetic import ArithmeticConfig
         from npo_lab.trainer import make_state, train
-
-
-        class History:
-            "Keeps every logged metric in memory; series(name) -> (steps, values)."
-
-            def __init__(self):
-                self.rows = []
-
-            def log(self, metrics, step):
-                self.rows.append((step, dict(metrics)))
-
-            def flush(self):
-                pass
-
-            def close(self):
-                pass
-
-            def series(self, name):
-                pts = [(s, m[name]) for s, m in self.rows if name in m and not name.startswith("lookahead/")]
-                return [s for s, _ in pts], [v for _, v in pts]
-
 
         SEED, STEPS = 0, 300
         seed_everything(SEED)
@@ -197,7 +177,7 @@ CELLS = [
         auto = AutoNPOConfig(q_prompts=64)
         state = make_state(backend, grpo, seed=SEED)
         source = make_source("autonpo", MethodConfigs(npo=NPOConfig(), autonpo=auto), STEPS, grpo=grpo)
-        log = History()
+        log = MemoryLogger()
         result = train(state, source, RunConfig(steps=STEPS, eval_every=20), grpo, seed=SEED, logger=log)
         print(
             f"final accuracy {result.final_accuracy:.3f}; interventions at {result.interventions}; "
@@ -241,12 +221,11 @@ CELLS = [
         r"""
         fig, axes = plt.subplots(2, 2, figsize=(13, 7.5))
         s, r = log.series("reward/on_policy_mean")
-        ema = [r[0]]
-        for x in r[1:]:
-            ema.append(ema[-1] + auto.smoothing * (x - ema[-1]))  # the controller's EMA, recomputed
+        s_ema, ema = log.series("autonpo/smoothed_reward")  # the controller's EMA, as it stood before each step
+        assert abs(ema[-1] - (ema[-2] + auto.smoothing * (r[-2] - ema[-2]))) < 1e-9  # r̄_t = r̄_{t-1} + α (r_t - r̄_{t-1})
         ax = axes[0, 0]
         ax.plot(s, r, color="C0", alpha=0.3, label="on-policy reward")
-        ax.plot(s, ema, color="C0", label="EMA (what the controller reads)")
+        ax.plot(s_ema, ema, color="C0", label="autonpo/smoothed_reward (what the controller reads)")
         ax.plot(*zip(*result.evals), "o-", ms=3, color="k", label="eval accuracy")
         ax.set_ylabel("accuracy")
         ax.set_title("reward and eval accuracy")
@@ -258,7 +237,8 @@ CELLS = [
         ax = axes[1, 0]
         s_ent, h = log.series("policy/entropy")
         early = sum(h[: auto.window]) / auto.window
-        ax.plot(s_ent, h, color="C2", label="policy/entropy (mean token entropy)")
+        ax.plot(s_ent, h, color="C2", alpha=0.3, label="policy/entropy (all rows, guide rows included)")
+        ax.plot(*log.series("autonpo/entropy_ema"), color="C2", label="autonpo/entropy_ema (on-policy rows, EMA)")
         ax.axhline(auto.entropy_fraction * early, color="gray", ls="--", lw=0.8, label="≈ entropy_fraction x early mean")
         ax.set_ylabel("nats")
         ax.set_title("entropy")
@@ -303,8 +283,9 @@ CELLS = [
     (
         "md",
         r"""
-        **Reading the figure.** The triggers fire where the signals cross their thresholds (red lines; the entropy the
-        controller reads is that of the on-policy rows only, the logged `policy/entropy` includes guide rows). The
+        **Reading the figure.** The triggers fire where the signals cross their thresholds (red lines). The signals are
+        logged as the controller reads them: `autonpo/smoothed_reward` and `autonpo/entropy_ema`, the latter over
+        on-policy rows only (`policy/entropy` includes guide rows). The
         bars show why the Δ choice carries little information in this simulation (docs/benchmarks.md §3): late in
         training the pool prompts are ones π_t solves sometimes, so every candidate solves most of them (Q̂ saturates) and
         V̂ stays near 1; the Ŝ of the candidates differ by about their sampling noise (±0.03 on Q̂ with 128 prompts,

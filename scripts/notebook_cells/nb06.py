@@ -172,31 +172,15 @@ CELLS = [
     (
         "code",
         r"""
+        from npo_lab.metrics import MemoryLogger
         from npo_lab.sources import make_source
         from npo_lab.trainer import train
-
-
-        class History:
-            "Keeps every logged metric in memory."
-
-            def __init__(self):
-                self.rows = []
-
-            def log(self, metrics, step):
-                self.rows.append((step, dict(metrics)))
-
-            def flush(self):
-                pass
-
-            def close(self):
-                pass
-
 
         STEPS = 6
         seed_everything(SEED)
         state = make_state(backend, grpo, seed=SEED)
         source = make_source("npo", MethodConfigs(npo=npo), STEPS, grpo=grpo)
-        log = History()
+        log = MemoryLogger()
         result = train(state, source, RunConfig(steps=STEPS, eval_every=STEPS), grpo, seed=SEED, logger=log)
         steps = [(s, m) for s, m in log.rows if "reward/on_policy_mean" in m]
         keys = [
