@@ -221,7 +221,6 @@ def save_checkpoint(root: str | Path, step: int, doc: dict[str, Any], keep: int 
             except BaseException:
                 old.rename(final)
                 raise
-            tmp = None
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
