@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import HANG_GUARD_S, run_guarded
 
 TINY = [
     "--task.digits",
@@ -30,9 +31,7 @@ TINY = [
 def cli(*args, cwd=None):
     # a wide console: tyro draws errors in a box that would otherwise wrap a long path inside the message
     env = {**os.environ, "COLUMNS": "1000"}
-    return subprocess.run(
-        [sys.executable, "-m", "npo_lab", *args], capture_output=True, text=True, cwd=cwd, timeout=600, env=env
-    )
+    return run_guarded([sys.executable, "-m", "npo_lab", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize(
@@ -424,15 +423,18 @@ def test_sigterm_stops_compare_workers(tmp_path):
 
     kids: list[int] = []
     try:
-        deadline = time.time() + 240  # generous: a busy 2-core machine starts spawn workers slowly
-        while len(kids) < 3 and time.time() < deadline:  # a manager and two workers
+        deadline = time.time() + HANG_GUARD_S  # a hang guard: the workers start in seconds
+        while len(kids) < 3 and proc.poll() is None and time.time() < deadline:  # a manager and two workers
             time.sleep(0.5)
             kids = children()
-        assert len(kids) >= 3, "the comparison never started its workers"
+        assert len(kids) >= 3, f"the comparison never started its workers (exit code {proc.poll()})"
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 130
-        deadline = time.time() + 30  # the resource tracker exits once its last client is gone
+        try:
+            assert proc.wait(timeout=HANG_GUARD_S) == 130
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"hang guard: the comparison did not stop within {HANG_GUARD_S} s of SIGTERM") from e
+        deadline = time.time() + HANG_GUARD_S  # a hang guard: the resource tracker exits once its last client is gone
         while alive(kids) and time.time() < deadline:
             time.sleep(0.5)
         assert not alive(kids), f"orphaned workers: {alive(kids)}"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_guarded
 
 from npo_lab.batch import RolloutBatch
 from npo_lab.config import GRPOConfig, NPOConfig
@@ -223,7 +223,7 @@ def test_the_script_runs_end_to_end(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--steps", "3", "--digits", "1", "--n-train", "40", "--n-eval", "8",
            "--d-model", "16", "--n-head", "2", "--warm-steps", "3", "--batch-size", "16", "--group-size", "4",
            "--interventions", "0", "2", "--delta", "1", "--eval-every", "1"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = run_guarded(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("looked ahead 1 steps and rolled back") == 2, out.stdout
     final = float(out.stdout.strip().splitlines()[-1].split("accuracy ")[1].split()[0])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_guarded
 
 from npo_lab.checkpoint import FolderHandle, latest_checkpoint, list_checkpoints, load_checkpoint
 
@@ -42,9 +43,7 @@ differ between an interrupted and an uninterrupted run."""
 
 def train(args: list[str], kill: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "1000", "KILL_AT": kill or ""}
-    return subprocess.run(
-        [sys.executable, str(WORKER), "train", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    return run_guarded([sys.executable, str(WORKER), "train", *args], capture_output=True, text=True, env=env)
 
 
 def comparable(x, where: str = ""):
@@ -175,9 +174,7 @@ def test_gym_backend_resumes_exactly(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "1000"}
-    return subprocess.run(
-        [sys.executable, "-m", "npo_lab", "train", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    return run_guarded([sys.executable, "-m", "npo_lab", "train", *args], capture_output=True, text=True, env=env)
 
 
 def test_resume_refuses_what_it_cannot_honour(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_guarded
 
 from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
 from npo_lab.core.losses import policy_loss
@@ -328,7 +329,7 @@ def _train_cli(reward_dir, tmp_path, *flags: str) -> subprocess.CompletedProcess
         "--llm.data.synthetic-train", "8", "--llm.data.synthetic-eval", "4", "--llm.reward.accuracy-weight", "0",
         "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path), *flags,
     ]  # fmt: skip
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    return run_guarded(args, capture_output=True, text=True, env=env)
 
 
 def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
@@ -346,10 +347,10 @@ def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
     assert (ckpt / "policy" / "model.safetensors").is_file() and (ckpt / "manifest.json").is_file()
     # the near-future guide's folder is part of the checkpoint: a resumed run samples its guide rows from it
     assert (ckpt / "loop.source.checkpoint" / "model.safetensors").is_file()
-    dry = subprocess.run(
+    dry = run_guarded(
         [sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--dry-run", "--config",
          str(Path(__file__).resolve().parents[2] / "recipes" / "qwen3vl_8b_paper.toml")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "4096 prompt + 4096 response" in dry.stdout and "memory per GPU" in dry.stdout

@@ -3,11 +3,11 @@ trains, and both ranks end with the same weights and the same metrics."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_guarded
 
 pytestmark = pytest.mark.llm
 pytest.importorskip("transformers")
@@ -34,7 +34,7 @@ def test_fsdp2_npo_steps_on_two_cpu_processes(tmp_path, launcher):
     (tmp_path / "npo_test_rewards.py").write_text(REWARD_MODULE)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [*LAUNCHERS[launcher], str(HERE / "fsdp_worker.py"), str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    out = run_guarded(cmd, capture_output=True, text=True, env=env)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["sharded_params"] > 0 and r0["sharded_params"] == r0["model_params"]  # every parameter is a DTensor

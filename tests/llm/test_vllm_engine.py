@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_guarded
 
 pytestmark = pytest.mark.llm
 pytest.importorskip("transformers")
@@ -306,8 +306,8 @@ def test_fsdp2_weights_are_gathered_per_parameter(tiny, tmp_path):
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    out = subprocess.run([*cmd, str(tmp_path / "worker.py"), str(tiny), str(tmp_path)], capture_output=True,
-                         text=True, env=env, timeout=600)  # fmt: skip
+    out = run_guarded([*cmd, str(tmp_path / "worker.py"), str(tiny), str(tmp_path)], capture_output=True,
+                      text=True, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -7,12 +7,12 @@ import copy
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_guarded
 
 pytestmark = pytest.mark.llm
 pytest.importorskip("transformers")
@@ -61,7 +61,7 @@ def launch(name: str, tmp_path_factory) -> Path:
     # float32 masters), which CPU runs as well
     strategy, dtype = ("deepspeed", "float32") if name == "torchrun" else ("auto", "bfloat16")
     cmd = [*launcher(name), str(HERE / "zero3_worker.py"), str(out), strategy, dtype]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    res = run_guarded(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
     _RUNS[name] = out
     return out
