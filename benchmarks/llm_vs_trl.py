@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trl.data_utils import prepare_multimodal_messages
 
     from npo_lab.config import GRPOConfig
-    from npo_lab.trainer import grpo_step, make_state
+    from npo_lab.train import grpo_step, make_state
     from npo_lab.utils import seed_everything
 
     hf_logging.set_verbosity_error()

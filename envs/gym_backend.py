@@ -22,6 +22,9 @@ from torch import Tensor, nn
 
 from npo_lab.backend import Checkpoint, clone_state
 from npo_lab.batch import RolloutBatch
+from npo_lab.config import GRPOConfig, RunConfig
+from npo_lab.methods import GRPO
+from npo_lab.train import make_state, train
 
 EVAL_SEED_OFFSET = 10**6
 
@@ -173,9 +176,6 @@ class GymBackend(InMemoryPolicy):
         c = self.cfg
         key = repr((self.env_id, c.policy, c.hidden, c.n_train, c.temperature, c.teacher_steps, c.teacher_seed))
         if key not in _TEACHERS:
-            from npo_lab.config import GRPOConfig, RunConfig
-            from npo_lab.trainer import make_state, train
-
             other = GymBackend(self.env_id, self.cfg, seed=self.cfg.teacher_seed)
             with torch.random.fork_rng():
                 torch.manual_seed(self.cfg.teacher_seed)
@@ -183,7 +183,7 @@ class GymBackend(InMemoryPolicy):
                 steps = self.cfg.teacher_steps
                 train(
                     make_state(other, grpo, self.cfg.teacher_seed),
-                    "grpo",
+                    GRPO(),
                     RunConfig(steps=steps, eval_every=steps),
                     grpo,
                 )

@@ -40,11 +40,11 @@ from npo_lab.llm.dist import (
 )
 from npo_lab.llm.model import load_model, load_processor, param_counts, prepare_trainable, resolve_model, torch_dtype
 from npo_lab.llm.rewards import RewardSet
-from npo_lab.llm.zero import Zero3, engine_config, read_config, require_deepspeed, resolve_strategy
+from npo_lab.llm.zero import Zero3, ZeroUpdate, engine_config, read_config, require_deepspeed, resolve_strategy
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from npo_lab.backend import Checkpoint
+from npo_lab.backend import Checkpoint, LocalUpdate, UpdateStrategy
 from npo_lab.batch import RolloutBatch
 from npo_lab.checkpoint import link_tree
 
@@ -151,6 +151,7 @@ class QwenVLBackend:
                 _WARM[key] = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}, loss)
             state, self.warm_start_loss = _WARM[key]
             self.model.load_state_dict(state)
+        self.update_strategy: UpdateStrategy | None = None  # one process: the trainer's default (torch Adam)
         self.zero: Zero3 | None = None
         self._state_keys: list[str] | None = None  # ZeRO-3: the state-dict names, read before partitioning
         if self.world.size > 1 and self.strategy == "deepspeed":
@@ -160,13 +161,11 @@ class QwenVLBackend:
             hidden = int(self.model.config.get_text_config().hidden_size)
             user, source = read_config(cfg)
             self.zero = Zero3(self.model, engine_config(user, source, self.dtype, hidden), source)
-            # the engine owns backward and the optimizer step: the trainer's optional hooks (npo_lab/trainer.py)
-            # exist on this backend only in this mode
-            self.make_optimizer = self._zero_make_optimizer
-            self.backward = self.zero.backward
-            self.optimizer_step = self.zero.step
+            # the engine owns backward and the optimizer step (npo_lab.backend.UpdateStrategy)
+            self.update_strategy = ZeroUpdate(self.zero, self.world.size, self.world.rank)
         elif self.world.size > 1:
             fully_shard_qwen_vl(self.model, self.dtype)
+            self.update_strategy = LocalUpdate(self.world.size, self.world.rank)  # torch Adam on the shards
             # FSDP2 initialises from the root module's first forward; generate() would reach the vision tower
             # first, so run one tiny forward through the root now
             with torch.no_grad():
@@ -419,12 +418,6 @@ class QwenVLBackend:
         if self.world.size > 1:
             return self._gathered_state()
         return None
-
-    def _zero_make_optimizer(self, lr: float) -> Any:
-        """The trainer's optimizer under ZeRO-3: the engine's Adam, reset to a fresh one at ``lr``."""
-        assert self.zero is not None
-        self.zero.optimizer.reset(lr)
-        return self.zero.optimizer
 
     def _gathered_state(self) -> dict[str, Tensor]:
         """The full (unsharded) state dict on rank 0, on CPU; an empty dict on the other ranks."""

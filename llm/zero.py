@@ -2,8 +2,8 @@
 
 npo_lab's trainer owns the loop: the micro-batches, each one's loss weighted by its share of the minibatch and
 by the world size. DeepSpeed's engine owns what ZeRO-3 must: the partitioned parameters, gradients and float32
-master weights, backward and the optimizer step. The backend hands the trainer its three optional hooks
-(``make_optimizer``, ``backward``, ``optimizer_step``; npo_lab/trainer.py), which delegate to :class:`Zero3`.
+master weights, backward and the optimizer step. The backend hands the trainer a :class:`ZeroUpdate` (its
+``npo_lab.backend.UpdateStrategy``), which delegates to :class:`Zero3`.
 
 Written against DeepSpeed 0.19.8's source (``runtime/engine.py``, ``runtime/zero/stage3.py``,
 ``runtime/zero/partition_parameters.py``, ``utils/tensor_fragment.py``):
@@ -325,3 +325,23 @@ class Zero3:
             if name in state:
                 b.copy_(state[name])
         self.updates += 1
+
+
+class ZeroUpdate:
+    """The trainer's :class:`npo_lab.backend.UpdateStrategy` under ZeRO-3: the engine owns backward (loss scaling,
+    partitioned gradients) and the optimizer step (clipping; no update when the gradients are not finite)."""
+
+    def __init__(self, zero: Zero3, world_size: int, rank: int) -> None:
+        self.zero, self.world_size, self.rank = zero, world_size, rank
+
+    def make_optimizer(self, params: list[nn.Parameter], lr: float) -> ZeroOptimizer:
+        """The engine's Adam, reset to a fresh one at ``lr`` (``params`` are the engine's already)."""
+        self.zero.optimizer.reset(lr)
+        return self.zero.optimizer
+
+    def backward(self, loss: Tensor) -> None:
+        self.zero.backward(loss)
+
+    def step(self, optimizer: Any, max_grad_norm: float) -> float:
+        return self.zero.step(max_grad_norm)
+

@@ -5,13 +5,20 @@ generation engine). It never owns the loss: the trainer calls :func:`npo_lab.cor
 A *prompt id* is whatever indexes the backend's training prompts: a task index (arithmetic), a reset
 seed (gym), a dataset row (Qwen3-VL). Rows that share a prompt id form a GRPO group.
 
-One optional capability outside the protocol: ``teacher() -> Checkpoint``, an external teacher the backend can
-sample from with ``rollout(..., policy=teacher)``; only the ``luffy`` method needs it, and ``npo-lab compare``
-names the backend when it is missing.
+Optional capabilities outside the protocol, each read in one place:
+
+* ``teacher() -> Checkpoint``: an external teacher the backend can sample from with ``rollout(..., policy=teacher)``;
+  only the ``luffy`` method needs it, and ``npo-lab compare`` names the backend when it is missing;
+* ``update_strategy``: an :class:`UpdateStrategy`, when the backend's engine owns backward and the optimizer step
+  or splits rows over processes (FSDP2, DeepSpeed ZeRO-3); without one, :class:`LocalUpdate` (one process, Adam);
+* ``batch_metrics(batch) -> dict``: extra metrics of a batch (per-reward, on-policy vs guide rows);
+* ``entropy_grad``: a flag the trainer sets False when no loss term needs the entropy's gradient;
+* ``close()``: release processes and scratch folders (called by the command line when a run ends).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -68,6 +75,61 @@ class Backend(Protocol):
     def load(self, checkpoint: Checkpoint) -> None:
         """Restore weights and sampling RNG exactly as :meth:`save` captured them."""
         ...
+
+
+@runtime_checkable
+class UpdateStrategy(Protocol):
+    """How a loss becomes an optimizer step: one process (:class:`LocalUpdate`), or an engine that shards rows and
+    weights over processes (FSDP2) or also owns backward and the step (DeepSpeed ZeRO-3, ``npo_lab.llm.zero``).
+
+    The trainer gives every rank rows ``rank::world_size`` of a minibatch and scales its loss by ``world_size``
+    (gradients are averaged over ranks)."""
+
+    world_size: int
+    rank: int
+
+    def make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """The optimizer the trainer steps (and snapshots for rollback)."""
+        ...
+
+    def backward(self, loss: Tensor) -> None:
+        """Accumulate the gradients of ``loss``."""
+        ...
+
+    def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+        """Clip the accumulated gradients to ``max_grad_norm`` (0: no clip), apply the update, and return the
+        gradient norm before clipping; a non-finite norm is returned without applying any update."""
+        ...
+
+
+class LocalUpdate:
+    """The default :class:`UpdateStrategy`: torch Adam, ``loss.backward()``, global-norm clipping. With
+    ``world_size > 1`` it serves FSDP2 too, whose sharded gradient norm is a DTensor."""
+
+    def __init__(self, world_size: int = 1, rank: int = 0) -> None:
+        self.world_size, self.rank = world_size, rank
+
+    def make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr)
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+        if hasattr(norm, "full_tensor"):  # sharded parameters (FSDP2): the norm is a DTensor
+            norm = norm.full_tensor()
+        value = norm.item()
+        if math.isfinite(value):
+            optimizer.step()
+        return value
+
+
+def update_strategy(backend: Any) -> UpdateStrategy:
+    """The backend's :class:`UpdateStrategy` (its optional ``update_strategy``), else one process."""
+    strategy = getattr(backend, "update_strategy", None)
+    return strategy if strategy is not None else LocalUpdate()
 
 
 class ScriptedBackend:
@@ -139,4 +201,12 @@ def clone_state(module_state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module_state.items()}
 
 
-__all__ = ["Backend", "Checkpoint", "ScriptedBackend", "clone_state"]
+__all__ = [
+    "Backend",
+    "Checkpoint",
+    "LocalUpdate",
+    "ScriptedBackend",
+    "UpdateStrategy",
+    "clone_state",
+    "update_strategy",
+]

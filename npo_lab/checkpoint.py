@@ -4,10 +4,10 @@ One folder per checkpoint, under a run's ``checkpoints/``::
 
     step_000120/
         state.pt        the run's whole state: step, policy weights and sampling RNG (in-memory backends),
-                        optimizer, every global RNG, data cursor, the guide source (replay pools, AutoNPO's
-                        controller and mistake pool, the near-future guide checkpoint), the training loop's own
-                        counters and results so far, the loggers' file positions; read with
-                        ``torch.load(weights_only=True)``, so a checkpoint file can never run code
+                        optimizer, every global RNG, data cursor (npo_lab.train.state.TrainState.state_dict), the
+                        method's state (replay pools, AutoNPO's controller and mistake pool, the near-future guide
+                        checkpoint), the training loop's own counters and results so far, the loggers' file
+                        positions; read with ``torch.load(weights_only=True)``, so a file can never run code
         policy/ ...     folder-backed checkpoints (the Qwen3-VL backend's ``save_pretrained`` folders): the
                         policy, the guide, the reference policy, each in a folder of its own (safetensors)
         manifest.json   format, step, and the size and SHA-256 of every file above; written last
@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from npo_lab.utils import capture_rng, restore_rng
 
 FORMAT = "npo_lab-checkpoint-v2"
 LEGACY_FORMAT = "npo_lab-checkpoint-v1"
@@ -344,72 +342,3 @@ def clean_stale(root: str | Path) -> list[Path]:
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return stale
-
-
-# ---- the training state ----------------------------------------------------------------------------
-def training_state(
-    state: Any,
-    loop: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-    *,
-    policy: Any = None,
-    optimizer: bool = True,
-) -> dict[str, Any]:
-    """The document a training checkpoint holds for ``state`` (a :class:`npo_lab.trainer.TrainState`).
-
-    Args:
-        state: the training state.
-        loop: the training loop's own state (from :func:`npo_lab.trainer.train`'s ``save_checkpoint`` hook):
-            the guide source's state, counters and results so far.
-        extra: anything else the caller resumes from (e.g. the loggers' file positions).
-        policy: ``state.backend.save()`` when not given (pass it when saving is a collective).
-        optimizer: False leaves the optimizer state out (a sharded optimizer: one rank's shard is no state to
-            resume from); such a checkpoint cannot be resumed exactly.
-    """
-    return {
-        "format": FORMAT,
-        "step": state.step,
-        "policy": state.backend.save() if policy is None else policy,
-        "optimizer": state.optimizer.state_dict() if optimizer else None,
-        "ref_policy": state.ref_policy,
-        "rng": capture_rng(),
-        "sampler": state.sampler.state_dict(),
-        "loop": loop or {},
-        "extra": extra or {},
-    }
-
-
-def save_training_checkpoint(
-    root: str | Path,
-    state: Any,
-    loop: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-    keep: int = 0,
-    *,
-    policy: Any = None,
-    optimizer: bool = True,
-) -> Path:
-    """:func:`save_checkpoint` of :func:`training_state` as ``root/step_<state.step>/``."""
-    doc = training_state(state, loop, extra, policy=policy, optimizer=optimizer)
-    return save_checkpoint(root, state.step, doc, keep=keep)
-
-
-def restore_training_state(state: Any, doc: dict[str, Any]) -> None:
-    """Put ``state`` where the checkpoint ``doc`` was taken: weights and sampling RNG, optimizer, reference policy,
-    data cursor, step, and (last, so nothing after it draws from them) every global RNG."""
-    if doc.get("optimizer") is None:
-        raise CheckpointError(
-            f"checkpoint of step {doc.get('step')} holds no optimizer state (written by a sharded run): resuming "
-            "from it would not be exact"
-        )
-    state.backend.load(doc["policy"])
-    state.optimizer.load_state_dict(doc["optimizer"])
-    state.ref_policy = doc.get("ref_policy")
-    state.sampler.load_state_dict(doc["sampler"])
-    state.step = int(doc["step"])
-    restore_rng(doc["rng"])
-
-
-def load_training_checkpoint(path: str | Path, scratch: str | Path | None = None) -> dict[str, Any]:
-    """Read a training checkpoint (folder or legacy file); errors name the file and the problem."""
-    return load_checkpoint(path, scratch)

@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tiny_arith():
     """A small, fast arithmetic backend (2-digit addition, no warm start unless asked)."""
-    from npo_lab.envs.arithmetic import ArithmeticBackend
+    from npo_lab.envs.arithmetic_backend import ArithmeticBackend
     from npo_lab.envs.config import TinyLMConfig
 
     from npo_lab.tasks.arithmetic import ArithmeticConfig

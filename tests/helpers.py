@@ -25,3 +25,56 @@ def run_guarded(cmd: Sequence[str], *, guard_s: float = HANG_GUARD_S, **kwargs: 
         raise AssertionError(
             f"hang guard: {' '.join(map(str, cmd))[:300]} was still running after {guard_s:g} s"
         ) from e
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Any = None) -> subprocess.CompletedProcess:
+    """``python -m npo_lab ARGS`` in a subprocess, under the hang guard, text output captured. ``env`` replaces the
+    environment (default: this one); the console is wide, since tyro draws errors in a box that would otherwise
+    wrap a long path inside the message."""
+    import os
+    import sys
+
+    full = {**(os.environ if env is None else env), "COLUMNS": "1000"}
+    return run_guarded([sys.executable, "-m", "npo_lab", *args], capture_output=True, text=True, cwd=cwd, env=full)
+
+
+def make_batch(
+    rewards: Sequence[float],
+    group_ids: Sequence[int],
+    t: int = 3,
+    behavior: float | Any = 0.0,
+    extras: list[Any] | None = None,
+    **fields: Any,
+) -> Any:
+    """A hand-made :class:`npo_lab.batch.RolloutBatch`: ``rewards`` and ``group_ids`` per row, ``t`` tokens, all
+    unmasked; ``behavior`` a number for every token or a (B, T) tensor; ``fields`` any other batch field."""
+    import torch
+
+    from npo_lab.batch import RolloutBatch
+
+    n = len(rewards)
+    lp = behavior if isinstance(behavior, torch.Tensor) else torch.full((n, t), float(behavior))
+    return RolloutBatch.from_rows(
+        behavior_logprobs=lp,
+        mask=fields.pop("mask", torch.ones(n, t)),
+        rewards=torch.tensor(list(rewards), dtype=torch.float),
+        group_ids=torch.tensor(list(group_ids)),
+        extras=extras,
+        **fields,
+    )
+
+
+def tiny_llm_config(reward: str = "npo_test_rewards:even_length", **over: Any) -> Any:
+    """The tiny Qwen3-VL settings the llm tests share: no warm start, 6 new tokens, 8 + 4 synthetic rows, a custom
+    length reward from the tests' reward module (``reward``) instead of math-verify; ``over`` replaces fields."""
+    from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig
+
+    base: dict[str, Any] = dict(
+        tiny_warm_steps=0,
+        max_new_tokens=6,
+        micro_batch=4,
+        data=DataConfig(synthetic_train=8, synthetic_eval=4, eval_rows=4),
+        reward=RewardConfig(accuracy_weight=0.0, custom=reward),
+    )
+    base.update(over)
+    return LLMConfig(**base)

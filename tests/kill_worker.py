@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 
-from npo_lab import checkpoint, cli, trainer
+from npo_lab import checkpoint, cli
+from npo_lab.train import loop
 
 
 def _die() -> None:
@@ -25,17 +26,17 @@ def main() -> int:
     kind, _, n = os.environ.get("KILL_AT", "").partition(":")
     count = 0
     if kind in ("step", "lookahead"):
-        grpo_step = trainer.grpo_step
+        grpo_step = loop.grpo_step
 
-        def counted(state, grpo, source=None):
+        def counted(state, grpo, method=None):
             nonlocal count
-            if kind == "step" or source is None:  # look-ahead steps run without a guide source
+            if kind == "step" or method is None:  # look-ahead steps run without a method
                 count += 1
                 if count == int(n):
                     _die()
-            return grpo_step(state, grpo, source)
+            return grpo_step(state, grpo, method)
 
-        trainer.grpo_step = counted
+        loop.grpo_step = counted  # the name the training loop calls
     elif kind == "write":
         write = checkpoint._write_file
 

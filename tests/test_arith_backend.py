@@ -1,6 +1,6 @@
 import pytest
 import torch
-from npo_lab.envs.arithmetic import VOCAB, ArithmeticBackend, decode, encode
+from npo_lab.envs.arithmetic_backend import VOCAB, ArithmeticBackend, decode, encode
 
 from npo_lab.backend import Backend
 from npo_lab.tasks.arithmetic import score
@@ -93,7 +93,7 @@ def test_bad_model_config():
 
 
 def test_pad_inside_an_answer_is_graded_wrong_and_never_sampled(tiny_arith):
-    from npo_lab.envs.arithmetic import PAD
+    from npo_lab.envs.arithmetic_backend import PAD
 
     # decode keeps a stray pad before the end token, so the verifier sees it
     assert decode(encode("2.34$") + [PAD, PAD]) == "2.34$"

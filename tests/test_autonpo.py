@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from npo_lab.autonpo import AutoNPOController, MistakePool, slope
 from npo_lab.config import AutoNPOConfig
-from npo_lab.core.qvs import choose_delta
+from npo_lab.core.signal import choose_delta
+from npo_lab.methods.autonpo import AutoNPOController, MistakePool, slope
 
 
 def drive(ctrl: AutoNPOController, rewards, entropies=None, record=True) -> list[tuple[int, str]]:
@@ -152,8 +152,8 @@ def test_the_signals_the_triggers_read_are_logged():
     autonpo/entropy_ema the EMA of the on-policy entropy, so a run's triggers can be read off its metrics."""
     from npo_lab.backend import ScriptedBackend
     from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig
-    from npo_lab.sources import make_source
-    from npo_lab.trainer import make_state, train
+    from npo_lab.methods import make_method
+    from npo_lab.train import make_state, train
     from npo_lab.utils import seed_everything
 
     class Memory:
@@ -169,7 +169,7 @@ def test_the_signals_the_triggers_read_are_logged():
     seed_everything(0)
     grpo = GRPOConfig(batch_size=16, group_size=4, lr=0.1)
     auto = AutoNPOConfig(smoothing=0.5, window=3, bootstrap_until=0, max_interventions=1)
-    source = make_source("autonpo", MethodConfigs(autonpo=auto), 8, grpo=grpo)
+    source = make_method("autonpo", MethodConfigs(autonpo=auto), 8, grpo=grpo)
     log = Memory()
     train(make_state(ScriptedBackend(n_prompts=8, seq_len=2, vocab=4, init_bias=1.0), grpo, 0), source,
           RunConfig(steps=8, eval_every=100), grpo, logger=log)  # fmt: skip

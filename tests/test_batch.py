@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import make_batch
 
 from npo_lab.batch import RolloutBatch
 
@@ -12,7 +13,13 @@ def good(**over):
         group_ids=torch.tensor([0, 0]),
     )
     kw.update(over)
-    return RolloutBatch.from_rows(**kw)
+    return RolloutBatch.from_rows(**kw)  # every field given: the validation tests replace any of them
+
+
+def test_the_shared_builder_makes_the_same_batch():
+    a, b = good(), make_batch([0.0, 0.0], [0, 0], t=3)
+    for name in ("behavior_logprobs", "mask", "rewards", "group_ids", "is_guide"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_from_rows_defaults():

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import HANG_GUARD_S, run_guarded
+from helpers import HANG_GUARD_S, run_cli
 
 TINY = [
     "--task.digits",
@@ -29,9 +29,7 @@ TINY = [
 
 
 def cli(*args, cwd=None):
-    # a wide console: tyro draws errors in a box that would otherwise wrap a long path inside the message
-    env = {**os.environ, "COLUMNS": "1000"}
-    return run_guarded([sys.executable, "-m", "npo_lab", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize(
@@ -368,12 +366,12 @@ def test_train_logs_csv_tensorboard_and_checkpoints(tmp_path):
     names = {line.split(",")[1] for line in csv[1:]}
     assert {"eval/accuracy", "reward/on_policy_mean", "policy/entropy", "npo/intervention", "time/rollout"} <= names
     assert list(run.glob("events.out.tfevents.*"))
-    from npo_lab.checkpoint import list_checkpoints, load_training_checkpoint
+    from npo_lab.checkpoint import list_checkpoints, load_checkpoint
 
     ckpts = list_checkpoints(run / "checkpoints")
     assert [c.name for c in ckpts] == ["step_000002", "step_000004"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000004"
-    doc = load_training_checkpoint(ckpts[-1])
+    doc = load_checkpoint(ckpts[-1])
     assert doc["step"] == 4 and "weights" in doc["policy"] and doc["loop"]["finished"]
     result = json.loads((run / "result.json").read_text())
     assert result["lookahead_steps"] == 1 and len(result["evals"]) == 3
@@ -381,7 +379,6 @@ def test_train_logs_csv_tensorboard_and_checkpoints(tmp_path):
 
 def test_sigterm_stops_compare_workers(tmp_path):
     """A terminated comparison leaves no worker processes running (they would eat the CPU of later runs)."""
-    import os
     import signal
     import time
 

@@ -12,8 +12,8 @@ from npo_lab.envs.config import GymConfig
 from npo_lab.envs.gym_backend import GymBackend, make_env
 
 from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
-from npo_lab.npo import lookahead
-from npo_lab.trainer import grpo_step, make_state, train
+from npo_lab.methods import GRPO
+from npo_lab.train import grpo_step, lookahead, make_state, train
 from npo_lab.utils import seed_everything
 
 IDS = list(gym_envs.ENV_IDS)
@@ -133,21 +133,21 @@ def test_grpo_learns_the_easiest_chain():
     grpo = GRPOConfig(batch_size=64, group_size=8, lr=1e-2)
     state = make_state(be, grpo, 0)
     start = be.rollout(list(range(32)), 8).rewards.mean().item()
-    res = train(state, "grpo", RunConfig(steps=40, eval_every=20), grpo)
+    res = train(state, GRPO(), RunConfig(steps=40, eval_every=20), grpo)
     end = be.rollout(list(range(32)), 8).rewards.mean().item()
     assert start < 0.3 and end > start + 0.4, (start, end)
     assert res.final_accuracy == 1.0  # the greedy policy opens the lock
 
 
 def test_npo_runs_unchanged_on_the_gym_backend():
-    from npo_lab.npo import NearFutureGuide
+    from npo_lab.methods import NPO
 
     seed_everything(0)
     be = GymBackend("npo_lab/ChainEasy-v0", GymConfig(hidden=16), seed=0)
     grpo = GRPOConfig(batch_size=32, group_size=4, lr=1e-2)
     res = train(
         make_state(be, grpo, 0),
-        NearFutureGuide(NPOConfig(delta=2, interventions=(0,)), 4),
+        NPO(NPOConfig(delta=2, interventions=(0,)), 4),
         RunConfig(steps=4, eval_every=2),
         grpo,
     )

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from npo_lab.envs.arithmetic import ArithmeticBackend
+from npo_lab.envs.arithmetic_backend import ArithmeticBackend
 from npo_lab.envs.config import TinyLMConfig
 
 from npo_lab.config import AutoNPOConfig, GRPOConfig, MethodConfigs, NPOConfig, RunConfig
-from npo_lab.sources import make_source
+from npo_lab.methods import make_method
 from npo_lab.tasks.arithmetic import ArithmeticConfig
-from npo_lab.trainer import make_state, train
+from npo_lab.train import make_state, train
 from npo_lab.utils import seed_everything
 
 
@@ -18,7 +18,7 @@ def run(method: str, steps: int, seed: int = 0, task: ArithmeticConfig | None = 
     g = GRPOConfig()
     st = make_state(be, g, seed)
     cfgs = MethodConfigs(npo=NPOConfig(**npo_kw), autonpo=AutoNPOConfig(candidates=(1, 2), bootstrap_floor=1.0))
-    source = make_source(method, cfgs, steps, grpo=g, seed=seed)
+    source = make_method(method, cfgs, steps, grpo=g, seed=seed)
     run_cfg = RunConfig(steps=steps, eval_every=20, final_evals=2)
     return train(st, source, run_cfg, g, be.evaluate, seed=seed), be
 

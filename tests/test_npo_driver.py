@@ -8,8 +8,8 @@ import torch
 
 from npo_lab.backend import ScriptedBackend
 from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
-from npo_lab.npo import NearFutureGuide, lookahead
-from npo_lab.trainer import grpo_step, make_state, train
+from npo_lab.methods import NPO
+from npo_lab.train import LookaheadRequest, grpo_step, lookahead, make_state, train
 from npo_lab.utils import seed_everything
 
 
@@ -93,16 +93,19 @@ def test_schedule_and_guidance_window():
     assert NPOConfig(interventions=(0,), every=10).intervention_steps(35) == [0, 10, 20, 30]
     st, g = _scripted_state()
     st.step = 0
-    src = NearFutureGuide(cfg, total_steps=30)
-    m = src.before_step(st, lambda: grpo_step(st, g))
-    assert m["npo/intervention"] == 1.0 and st.step == 0 and src.lookahead_steps == 3
+    src = NPO(cfg, total_steps=30)
+    ask = src.wants_lookahead(st)
+    assert ask == LookaheadRequest((3,), True)
+    la = lookahead(st, ask.deltas, lambda: grpo_step(st, g))
+    m = src.use_lookahead(st, la)
+    assert m["npo/intervention"] == 1.0 and st.step == 0 and la.steps == 3
     assert src.policy_for(3) is not None and src.policy_for(4) is None
     st.step = 5
-    assert src.before_step(st, lambda: grpo_step(st, g)) == {}
+    assert src.wants_lookahead(st) is None
 
 
 def test_npo_training_injects_guides_only_where_gated(monkeypatch):
-    import npo_lab.trainer as trainer_mod
+    import npo_lab.train.step as step_mod
     from npo_lab.core.guidance import group_accuracy, merge_guides
 
     calls = []
@@ -113,12 +116,12 @@ def test_npo_training_injects_guides_only_where_gated(monkeypatch):
         calls.append((acc, list(gated), merged))
         return merged, m
 
-    monkeypatch.setattr(trainer_mod, "merge_guides", spy)
+    monkeypatch.setattr(step_mod, "merge_guides", spy)
     seed_everything(0)
     be = ScriptedBackend(n_prompts=16, seq_len=3, vocab=4, seed=0)
     g = GRPOConfig(batch_size=64, group_size=8, lr=0.1)
     npo = NPOConfig(delta=5, interventions=(0, 6), gate=0.6)
-    res = train(make_state(be, g, 0), NearFutureGuide(npo, 12), RunConfig(steps=12, eval_every=4), g)
+    res = train(make_state(be, g, 0), NPO(npo, 12), RunConfig(steps=12, eval_every=4), g)
     assert res.interventions == [0, 6] and res.lookahead_steps == 10
     assert calls, "NPO never reached the merge"
     injected = 0

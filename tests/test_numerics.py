@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from npo_lab import methods
 from npo_lab.backend import ScriptedBackend
-from npo_lab.checkpoint import latest_checkpoint, load_checkpoint, save_training_checkpoint
+from npo_lab.checkpoint import latest_checkpoint, load_checkpoint
 from npo_lab.config import GRPOConfig, RunConfig
-from npo_lab.trainer import NonFiniteError, make_state, train
+from npo_lab.train import NonFiniteError, make_state, save_training_checkpoint, train
 from npo_lab.utils import seed_everything
 
 GRPO = GRPOConfig(batch_size=16, group_size=4, lr=0.1)
@@ -55,7 +56,9 @@ def test_a_non_finite_value_stops_the_run_and_keeps_the_last_checkpoint(fault, m
         assert path.is_dir()
 
     with pytest.raises(NonFiniteError, match=f"step 3: {metric}"):
-        train(state, "grpo", RunConfig(steps=6, checkpoint_every=1, eval_every=100), GRPO, save_checkpoint=save)
+        train(
+            state, methods.GRPO(), RunConfig(steps=6, checkpoint_every=1, eval_every=100), GRPO, save_checkpoint=save
+        )
     last = latest_checkpoint(tmp_path)
     assert last.name == "step_000003"  # written before the failing step, untouched by it
     weights = load_checkpoint(last)["policy"]["weights"]["table"]
@@ -65,7 +68,7 @@ def test_a_non_finite_value_stops_the_run_and_keeps_the_last_checkpoint(fault, m
 
 
 def test_the_cli_names_the_step_the_metric_and_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    from npo_lab.envs.arithmetic import ArithmeticBackend
+    from npo_lab.envs.arithmetic_backend import ArithmeticBackend
 
     from npo_lab.cli import main
 

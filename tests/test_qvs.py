@@ -8,8 +8,9 @@ import torch
 
 from npo_lab.backend import ScriptedBackend
 from npo_lab.config import GRPOConfig
-from npo_lab.qvs import failed_prompts, measure_along_run, measure_sources
-from npo_lab.trainer import make_state
+from npo_lab.experiments.qvs import measure_along_run
+from npo_lab.train import make_state
+from npo_lab.train.probe import failed_prompts, measure_sources
 from npo_lab.utils import seed_everything
 
 

@@ -23,10 +23,9 @@ from npo_lab.config import GRPOConfig, NPOConfig
 from npo_lab.core.advantages import group_advantages
 from npo_lab.core.guidance import merge_guides
 from npo_lab.core.losses import policy_loss
-from npo_lab.npo import NearFutureGuide
-from npo_lab.sources import failing_groups
+from npo_lab.methods import NPO, failing_groups
 from npo_lab.tasks.arithmetic import ArithmeticConfig, make_splits
-from npo_lab.trainer import grpo_step, make_state
+from npo_lab.train import grpo_step, make_state
 
 SCRIPT = Path(__file__).resolve().parents[1] / "notebooks" / "reference" / "npo_minimal.py"
 
@@ -126,7 +125,7 @@ def test_gate_and_one_slot_merge(ref):
 
 
 def tiny_backend():
-    from npo_lab.envs.arithmetic import ArithmeticBackend
+    from npo_lab.envs.arithmetic_backend import ArithmeticBackend
     from npo_lab.envs.config import TinyLMConfig
 
     # 1-digit sums and a short warm start: fast, with partial success (some groups solved, some not)
@@ -165,7 +164,7 @@ def test_npo_guided_update_steps(ref):
     args = ref.Args(temperature=backend.cfg.temperature, clip_eps=0.2, max_grad_norm=0.1, gate=0.6)
     state = make_state(backend, grpo, seed=0)
     opt = torch.optim.Adam(net.parameters(), lr=grpo.lr)
-    source = NearFutureGuide(npo, total_steps=10)
+    source = NPO(npo, total_steps=10)
     source.checkpoint, source.until = backend.save(), 10  # guide from a fixed checkpoint during these steps
     prompts = torch.tensor([ref.encode(p.prompt) for p in backend.train_set])  # (N, P)
     data = ref.Data(prompts, [p.answer for p in backend.train_set], prompts[:1], [0], backend.max_new)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_guarded
+from helpers import run_cli, run_guarded
 
 from npo_lab.checkpoint import FolderHandle, latest_checkpoint, list_checkpoints, load_checkpoint
 
@@ -173,8 +173,7 @@ def test_gym_backend_resumes_exactly(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "1000"}
-    return run_guarded([sys.executable, "-m", "npo_lab", "train", *args], capture_output=True, text=True, env=env)
+    return run_cli("train", *args)
 
 
 def test_resume_refuses_what_it_cannot_honour(tmp_path):
@@ -246,7 +245,8 @@ def test_a_resumed_rlep_run_needs_no_previous_run(tmp_path):
 
 
 def test_a_run_folder_in_use_is_not_resumed(tmp_path, capsys):
-    from npo_lab.cli import _lock_run_folder, main
+    from npo_lab.cli import main
+    from npo_lab.cli.train import _lock_run_folder
 
     assert main(["train", *TINY, *METHODS["npo"], "--steps", "2", "--out", str(tmp_path)]) == 0
     run = only_run(tmp_path)
@@ -257,3 +257,37 @@ def test_a_run_folder_in_use_is_not_resumed(tmp_path, capsys):
     assert main(["train", "--resume", str(run)]) == 0
     # the run's config.json is its own config, reusable as --config: it does not say "resume"
     assert json.loads((run / "config.json").read_text())["resume"] == ""
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes_exactly(tmp_path):
+    """Checkpoints written before the methods moved to npo_lab.methods kept the intervention counters inside the
+    method's state, under the loop key "source" (the same format string). Rewrite one into that layout; the run
+    resumed from it equals the run left alone."""
+    import torch
+
+    from npo_lab.checkpoint import STATE_FILE, save_checkpoint
+    from npo_lab.cli import main
+
+    args = [*TINY, *METHODS["npo"], "--steps", "9", "--checkpoint-every", "1", "--keep-checkpoints", "0"]
+    assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
+    straight = only_run(tmp_path / "straight")
+    copy = tmp_path / "old-layout"
+    shutil.copytree(straight, copy)
+    for p in list_checkpoints(copy / "checkpoints"):
+        if int(p.name.split("_")[1]) > 5:
+            shutil.rmtree(p)
+    ckpt = copy / "checkpoints" / "step_000005"
+    doc = torch.load(ckpt / STATE_FILE, weights_only=True)
+    loop = doc["loop"]
+    assert loop["interventions"] == [0, 4]  # step 5 follows two interventions: their counters must survive
+    old_source = {
+        **loop.pop("method"),
+        "interventions": loop.pop("interventions"),
+        "intervention_costs": loop.pop("intervention_costs"),
+        "lookahead_seconds": loop.pop("lookahead_s"),
+    }
+    doc["loop"] = {**loop, "source": old_source}
+    shutil.rmtree(ckpt)
+    save_checkpoint(copy / "checkpoints", 5, doc)
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert_same_run(straight, copy)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import make_batch
 
 from npo_lab.backend import ScriptedBackend
 from npo_lab.batch import RolloutBatch
@@ -21,9 +22,8 @@ from npo_lab.config import (
     RunConfig,
 )
 from npo_lab.core.guidance import append_guides, merge_guides
-from npo_lab.npo import AutoNPOGuide
-from npo_lab.sources import ExperienceReplay, GuideSource, PriorRunReplay, TeacherGuide, make_source
-from npo_lab.trainer import grpo_step, make_state, train
+from npo_lab.methods import GRPO, RLEP, AutoNPO, ExGRPO, Luffy, make_method
+from npo_lab.train import StepOutcome, grpo_step, make_state, train
 
 
 def sharp(be: ScriptedBackend, prompts=None, margin: float = 20.0) -> dict:
@@ -44,20 +44,14 @@ def hand_batch(correct_per_group: list[int], g: int = 4, t: int = 2) -> RolloutB
             extras.append({"prompt": gi, "tokens": torch.tensor([gi % 4, j % 4])})
     n = len(rewards)
     lp = -torch.arange(1, n * t + 1, dtype=torch.float32).reshape(n, t) / (n * t)  # distinct recorded log-probs
-    return RolloutBatch.from_rows(
-        behavior_logprobs=lp,
-        mask=torch.ones(n, t),
-        rewards=torch.tensor(rewards),
-        group_ids=torch.tensor(gids),
-        extras=extras,
-    )
+    return make_batch(rewards, gids, t, behavior=lp, extras=extras)
 
 
 def test_luffy_puts_one_verified_teacher_row_in_every_unsolved_group():
     be = ScriptedBackend(n_prompts=6, seq_len=2, vocab=4, seed=0)
     grpo = GRPOConfig(batch_size=24, group_size=4)
     state = make_state(be, grpo, 0)
-    src = TeacherGuide(LuffyConfig(), sharp(be))
+    src = Luffy(LuffyConfig(), sharp(be))
     b = be.rollout(list(range(6)), 4)
     plan = src.guides(state, b, grpo)
     assert plan is not None and plan.mode == "replace" and plan.k == 1
@@ -75,7 +69,7 @@ def test_luffy_puts_one_verified_teacher_row_in_every_unsolved_group():
 def test_luffy_gate_below_one_skips_groups_at_the_gate():
     be = ScriptedBackend(n_prompts=4, seq_len=1, vocab=2, seed=1)
     grpo = GRPOConfig(batch_size=8, group_size=2)
-    src = TeacherGuide(LuffyConfig(gate=0.5), sharp(be))
+    src = Luffy(LuffyConfig(gate=0.5), sharp(be))
     b = hand_batch([0, 1, 2, 0], g=2, t=1)
     plan = src.guides(make_state(be, grpo, 0), b, grpo)
     assert sorted(plan.targets) == [0, 3]  # accuracy 0.5 and 1.0 are not below 0.5
@@ -83,16 +77,16 @@ def test_luffy_gate_below_one_skips_groups_at_the_gate():
 
 def test_luffy_needs_a_teacher():
     with pytest.raises(ValueError, match="teacher"):
-        TeacherGuide(LuffyConfig(), None)
+        Luffy(LuffyConfig(), None)
 
 
 def test_exgrpo_collects_partial_groups_and_retires_solved_prompts():
-    src = ExperienceReplay(ExGRPOConfig(rows_per_prompt=4), group_size=4)
+    src = ExGRPO(ExGRPOConfig(rows_per_prompt=4), group_size=4)
     src.pool[2] = (3, [hand_batch([1], g=1).select([0])])  # prompt 2 was in the pool
     b = hand_batch([0, 2, 4])  # group 0: none correct, 1: half, 2: fully solved
     b = b.replace(old_logprobs=b.behavior_logprobs * 2)  # what the trainer recomputed at this step
     entropy = torch.tensor([[0.5, 0.5]] * 4 + [[0.9, 0.9], [0.1, 0.3]] + [[1.0, 1.0]] * 6)  # (B, T)
-    src.after_step(SimpleNamespace(step=1), b, entropy, {"reward/on_policy_mean": 0.5}, b)
+    src.after_step(SimpleNamespace(step=1), StepOutcome(b, b, entropy, {"reward/on_policy_mean": 0.5}))
     assert set(src.pool) == {1}  # no correct row for 0; 2 retired once fully solved
     k, rows = src.pool[1]
     assert k == 2 and len(rows) == 2
@@ -102,10 +96,10 @@ def test_exgrpo_collects_partial_groups_and_retires_solved_prompts():
 
 
 def test_exgrpo_mixes_only_after_the_start_and_replays_the_lowest_entropy_row():
-    src = ExperienceReplay(ExGRPOConfig(experience_ratio=0.5), group_size=4)
+    src = ExGRPO(ExGRPOConfig(experience_ratio=0.5), group_size=4)
     b = hand_batch([0, 2])
     entropy = torch.tensor([[1.0, 1.0]] * 4 + [[0.9, 0.9], [0.1, 0.3]] + [[1.0, 1.0]] * 2)
-    src.after_step(SimpleNamespace(step=1), b, entropy, {"reward/on_policy_mean": 0.2}, b)
+    src.after_step(SimpleNamespace(step=1), StepOutcome(b, b, entropy, {"reward/on_policy_mean": 0.2}))
     assert not src.started and 1 in src.pool
     assert src.choose_prompts(None, [10, 11, 12, 13]) == [10, 11, 12, 13]  # not started: no replay
     src.started = True
@@ -118,7 +112,7 @@ def test_exgrpo_mixes_only_after_the_start_and_replays_the_lowest_entropy_row():
 
 
 def test_exgrpo_buckets_favour_medium_difficulty():
-    src = ExperienceReplay(ExGRPOConfig(bucket_sigma=1.0), group_size=8)
+    src = ExGRPO(ExGRPOConfig(bucket_sigma=1.0), group_size=8)
     assert src._bucket_weight(4) == 1.0
     assert src._bucket_weight(3) == pytest.approx(math.exp(-0.5))
     row = hand_batch([1], g=1).select([0])
@@ -132,7 +126,7 @@ def test_rlep_pool_holds_only_correct_rows_and_appends_two_per_group():
     be = ScriptedBackend(n_prompts=4, seq_len=2, vocab=4, seed=3)
     grpo = GRPOConfig(batch_size=16, group_size=4)
     state = make_state(be, grpo, 0)
-    src = PriorRunReplay(RLEPConfig(replay_per_group=2, decode_samples=6), sharp(be, prompts=[0, 1]))
+    src = RLEP(RLEPConfig(replay_per_group=2, decode_samples=6), sharp(be, prompts=[0, 1]))
     src.setup(state)
     assert set(src.pool) >= {0, 1}
     assert all(bool(r.rewards.item() == 1.0) for rows in src.pool.values() for r in rows)
@@ -164,10 +158,10 @@ def test_append_guides_never_adds_wrong_rows_and_keeps_groups_together():
         append_guides(on, guides, [0], k=0)
 
 
-class Recorder(GuideSource):
+class Recorder(GRPO):
     """Wraps a source and keeps the batch each step trained on."""
 
-    def __init__(self, inner: GuideSource) -> None:
+    def __init__(self, inner: GRPO) -> None:
         super().__init__()
         self.inner, self.batches = inner, []
 
@@ -177,9 +171,9 @@ class Recorder(GuideSource):
     def guides(self, state, batch, grpo):
         return self.inner.guides(state, batch, grpo)
 
-    def after_step(self, state, batch, entropy, metrics, rollout):
-        self.batches.append(batch)
-        self.inner.after_step(state, batch, entropy, metrics, rollout)
+    def after_step(self, state, outcome):
+        self.batches.append(outcome.batch)
+        self.inner.after_step(state, outcome)
 
 
 @pytest.mark.parametrize("method", ["luffy", "rlep"])
@@ -187,7 +181,7 @@ def test_grpo_step_trains_on_the_merged_groups(method):
     be = ScriptedBackend(n_prompts=8, seq_len=2, vocab=4, seed=5)
     grpo = GRPOConfig(batch_size=16, group_size=4)
     state = make_state(be, grpo, 0)
-    inner = make_source(method, MethodConfigs(), 10, grpo=grpo, teacher=sharp(be), previous=sharp(be))
+    inner = make_method(method, MethodConfigs(), 10, grpo=grpo, teacher=sharp(be), previous=sharp(be))
     inner.setup(state)
     rec = Recorder(inner)
     m = grpo_step(state, grpo, rec)
@@ -204,7 +198,7 @@ def test_autonpo_triggers_scores_candidates_and_guides_with_the_argmax():
     be = ScriptedBackend(n_prompts=16, seq_len=2, vocab=4, seed=2)
     grpo = GRPOConfig(batch_size=32, group_size=4, lr=0.5)
     auto = AutoNPOConfig(candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4)
-    src = AutoNPOGuide(auto, NPOConfig(), total_steps=12)
+    src = AutoNPO(auto, NPOConfig(), total_steps=12)
     events = []
     res = train(make_state(be, grpo, 0), src, RunConfig(steps=12, eval_every=4), grpo, events=events.append)
     first = next(e for e in events if e["kind"] == "intervention")
@@ -219,20 +213,20 @@ def test_autonpo_triggers_scores_candidates_and_guides_with_the_argmax():
 
 
 def test_autonpo_guides_with_the_chosen_checkpoint_after_an_intervention(monkeypatch):
-    import npo_lab.trainer as trainer_mod
+    import npo_lab.train.step as step_mod
 
     be = ScriptedBackend(n_prompts=16, seq_len=2, vocab=4, seed=2)
     grpo = GRPOConfig(batch_size=32, group_size=4, lr=0.5)
     auto = AutoNPOConfig(candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4)
-    src = AutoNPOGuide(auto, NPOConfig(), total_steps=8)
+    src = AutoNPO(auto, NPOConfig(), total_steps=8)
     merged_guides = []
-    real = trainer_mod.merge_guides
+    real = step_mod.merge_guides
 
     def spy(on_policy, guides, targets, *args, **kw):
         merged_guides.append(guides)
         return real(on_policy, guides, targets, *args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "merge_guides", spy)
+    monkeypatch.setattr(step_mod, "merge_guides", spy)
     steps_with_guides = []
 
     class Log:
@@ -243,13 +237,13 @@ def test_autonpo_guides_with_the_chosen_checkpoint_after_an_intervention(monkeyp
         def flush(self):
             pass
 
-    train(make_state(be, grpo, 0), src, RunConfig(steps=8, eval_every=4), grpo, logger=Log())
-    assert src.interventions[0] == 1 and src.chosen
+    res = train(make_state(be, grpo, 0), src, RunConfig(steps=8, eval_every=4), grpo, logger=Log())
+    assert res.interventions[0] == 1 and src.chosen
     assert steps_with_guides and all(1 <= s < 1 + auto.cooldown for s in steps_with_guides[:1])
     ev = next(e for e in src.events if e["kind"] == "intervention")
     assert ev["scoring_rows"] == ev["pool"] * auto.q_samples * len(auto.candidates)
     # the first guided steps sample from the chosen near-future checkpoint, not from the current weights
-    chosen = src.checkpoint["weights"]["table"] if len(src.interventions) == 1 else None
+    chosen = src.checkpoint["weights"]["table"] if len(res.interventions) == 1 else None
     if chosen is not None:
         for guides in merged_guides:
             logp_all = torch.log_softmax(chosen[guides.group_ids], -1)  # (B, T, V)
@@ -261,19 +255,19 @@ def test_autonpo_guides_with_the_chosen_checkpoint_after_an_intervention(monkeyp
 
 
 def test_exgrpo_replayed_rows_reach_the_loss_with_their_recorded_logprobs(monkeypatch):
-    import npo_lab.trainer as trainer_mod
+    import npo_lab.train.step as step_mod
 
     be = ScriptedBackend(n_prompts=8, seq_len=2, vocab=4, seed=4, init_bias=1.5)
     grpo = GRPOConfig(batch_size=16, group_size=4, lr=0.2)
-    src = ExperienceReplay(ExGRPOConfig(start_solve_rate=0.0), group_size=4)
+    src = ExGRPO(ExGRPOConfig(start_solve_rate=0.0), group_size=4)
     calls = []
-    real = trainer_mod.policy_loss
+    real = step_mod.policy_loss
 
     def spy(logp, old, adv, mask, **kw):
         calls.append((old, kw, {p: r.behavior_logprobs.clone() for p, r in src.replay.items()}))
         return real(logp, old, adv, mask, **kw)
 
-    monkeypatch.setattr(trainer_mod, "policy_loss", spy)
+    monkeypatch.setattr(step_mod, "policy_loss", spy)
     state = make_state(be, grpo, 0)
     for _ in range(8):
         grpo_step(state, grpo, src)
@@ -290,12 +284,12 @@ def test_exgrpo_replayed_rows_reach_the_loss_with_their_recorded_logprobs(monkey
         assert not torch.allclose(got, old[g])
 
 
-def test_make_source_rejects_unknown_methods_and_missing_inputs():
+def test_make_method_rejects_unknown_methods_and_missing_inputs():
     grpo = GRPOConfig(batch_size=8, group_size=4)
     with pytest.raises(ValueError, match="unknown method"):
-        make_source("ppo", MethodConfigs(), 10, grpo=grpo)
-    rlep = make_source("rlep", MethodConfigs(), 10, grpo=grpo)  # checked at setup: a resumed run restores its pool
+        make_method("ppo", MethodConfigs(), 10, grpo=grpo)
+    rlep = make_method("rlep", MethodConfigs(), 10, grpo=grpo)  # checked at setup: a resumed run restores its pool
     with pytest.raises(ValueError, match="previous run"):
         rlep.setup(make_state(ScriptedBackend(), grpo, 0))
-    with pytest.raises(ValueError, match="GuideSource"):
+    with pytest.raises(ValueError, match="make_method"):
         train(make_state(ScriptedBackend(), grpo, 0), "npo", RunConfig(steps=1), grpo)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from npo_lab.compare import aggregate, lookahead_before, regime_summary
-from npo_lab.stats import (
+from npo_lab.experiments.report import aggregate, lookahead_before, regime_summary
+from npo_lab.experiments.stats import (
     auc,
     bootstrap_ci,
     iqm,

@@ -85,5 +85,5 @@ def test_bad_task_config_names_the_field():
         ArithmeticConfig(operation="div")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="task.name"):
         ArithmeticConfig(name="gsm8k")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="task.n_train \+ task.n_eval must be at most 50"):
+    with pytest.raises(ValueError, match=r"task.n_train \+ task.n_eval must be at most 50"):
         ArithmeticConfig(digits=1, n_train=60, n_eval=10)

@@ -1,5 +1,5 @@
-"""The analytic toy (npo_lab.toy): exact Q, V, S against brute force, against the sampled estimators of
-core.qvs, and the shape of Q(Delta) and S(Delta) along an exact gradient path."""
+"""The analytic toy (npo_lab.experiments.toy): exact Q, V, S against brute force, against the sampled estimators of
+core.signal, and the shape of Q(Delta) and S(Delta) along an exact gradient path."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from npo_lab.backend import Backend
-from npo_lab.core.qvs import q_hat, v_hat
-from npo_lab.toy import (
+from npo_lab.core.signal import q_hat, v_hat
+from npo_lab.experiments.toy import (
     ToyBandit,
     exact_gradient,
     exact_gradient_path,
@@ -90,7 +90,7 @@ def test_exact_q_v_match_brute_force_enumeration():
             s = exact_s(theta_t, theta_src, correct, k, gate, est, floor)
             if val > 0:
                 assert s == pytest.approx(q / val, rel=1e-10)
-            else:  # chi2 can fall below 0 with a small floor: S is undefined there, as in core.qvs.s_hat
+            else:  # chi2 can fall below 0 with a small floor: S is undefined there, as in core.signal.s_hat
                 assert math.isnan(s)
     # the instance is not degenerate: the source is far from pi_t, V is well above the floor
     assert v["is_variance"] > 1.2 and abs(v["chi2"] - 1.0) > 0.02

@@ -28,8 +28,46 @@ from npo_lab.core.functional import masked_mean
 from npo_lab.core.kl import kl_penalty
 from npo_lab.registry import Registry
 
-GUIDE_LOSSES = ("on_policy", "shaped", "importance", "shaped_is")
 AGGREGATIONS: Registry[Callable[..., Tensor]] = Registry("loss aggregation")
+GUIDE_TREATMENTS: Registry[Callable[..., Tensor]] = Registry("guide loss")
+"""How guide rows enter the loss: ``f(logprobs, behavior_logprobs, adv, shaping_gamma, is_cap) -> (B, T) loss``;
+``on_policy`` is absent on purpose: those rows keep the clipped surrogate of every other row."""
+
+
+@GUIDE_TREATMENTS.register("shaped")
+def guide_shaped(
+    logprobs: Tensor, behavior_logprobs: Tensor | None, adv: Tensor, shaping_gamma: float, **_: float
+) -> Tensor:
+    """LUFFY's regularised importance sampling: pi_teacher taken as 1, f(p) = p / (p + gamma), no clip."""
+    p = torch.exp(logprobs)
+    return -adv * (p / (p + shaping_gamma))
+
+
+@GUIDE_TREATMENTS.register("shaped_is")
+def guide_shaped_is(
+    logprobs: Tensor, behavior_logprobs: Tensor | None, adv: Tensor, shaping_gamma: float, **_: float
+) -> Tensor:
+    """ExGRPO's corrected replay: the ratio to the recorded (behaviour) log-probs, shaped, no clip."""
+    if behavior_logprobs is None:
+        raise ValueError("guide_loss='shaped_is' needs behavior_logprobs")
+    w = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
+    return -adv * (w / (w + shaping_gamma))
+
+
+@GUIDE_TREATMENTS.register("importance")
+def guide_importance(
+    logprobs: Tensor, behavior_logprobs: Tensor | None, adv: Tensor, is_cap: float, **_: float
+) -> Tensor:
+    """Truncated importance sampling toward the policy that sampled the guide row (verl's ``tis_imp_ratio_cap``):
+    the weight min(rho_b, c) is a constant, its gradient flows through log pi (value: -A * min(rho_b, c))."""
+    if behavior_logprobs is None:
+        raise ValueError("guide_loss='importance' needs behavior_logprobs")
+    rho_b = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
+    weight = torch.clamp(rho_b, max=is_cap).detach()
+    return -adv * weight * torch.exp(logprobs - logprobs.detach())
+
+
+GUIDE_LOSSES = ("on_policy", *GUIDE_TREATMENTS.names())
 
 
 @AGGREGATIONS.register("token_mean")
@@ -119,24 +157,8 @@ def policy_loss(
 
     guide = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device) if is_guide is None else is_guide
     if guide.any() and guide_loss != "on_policy":
-        if guide_loss == "shaped":
-            # LUFFY's regularised importance sampling: pi_teacher taken as 1, f(p) = p / (p + gamma), no clip
-            p = torch.exp(logprobs)
-            guide_mat = -adv * (p / (p + shaping_gamma))
-        elif guide_loss == "shaped_is":
-            if behavior_logprobs is None:
-                raise ValueError("guide_loss='shaped_is' needs behavior_logprobs")
-            # ExGRPO's corrected replay: ratio to the recorded (behaviour) log-probs, shaped, no clip
-            w = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
-            guide_mat = -adv * (w / (w + shaping_gamma))
-        else:
-            if behavior_logprobs is None:
-                raise ValueError("guide_loss='importance' needs behavior_logprobs")
-            # truncated importance sampling toward the policy that sampled the guide row: the weight
-            # min(rho_b, c) is a constant; its gradient flows through log pi (value: -A * min(rho_b, c))
-            rho_b = torch.exp((logprobs - behavior_logprobs).clamp(max=20.0))
-            weight = torch.clamp(rho_b, max=is_cap).detach()
-            guide_mat = -adv * weight * torch.exp(logprobs - logprobs.detach())
+        treat = GUIDE_TREATMENTS.get(guide_loss)
+        guide_mat = treat(logprobs, behavior_logprobs, adv, shaping_gamma=shaping_gamma, is_cap=is_cap)  # (B, T)
         g = guide.unsqueeze(-1)  # (B, 1)
         loss_mat = torch.where(g, guide_mat, loss_mat)
         clipped_tok = torch.where(g, torch.zeros_like(clipped_tok), clipped_tok)

@@ -18,7 +18,7 @@ CELLS = [
         groups have identical rewards and give no gradient.
 
         Everything here calls `npo_lab`: the math is in `npo_lab/core/` (pure functions), the loop in
-        `npo_lab/trainer.py`; the equations are in `docs/algorithm.md` §1, each tied to a `--grpo.*` config field.
+        `npo_lab/train/step.py`; the equations are in `docs/algorithm.md` §1, each tied to a `--grpo.*` config field.
         """,
     ),
     (
@@ -193,7 +193,7 @@ CELLS = [
     (
         "code",
         r"""
-        from npo_lab.envs.arithmetic import ArithmeticBackend
+        from npo_lab.envs.arithmetic_backend import ArithmeticBackend
         from npo_lab.envs.config import TinyLMConfig
 
         from npo_lab.tasks.arithmetic import ArithmeticConfig, extract_answer
@@ -215,17 +215,17 @@ CELLS = [
     (
         "md",
         r"""
-        `npo_lab.trainer.grpo_step(state, grpo)` is one visible iteration: draw P = `grpo.batch_size / grpo.group_size`
+        `npo_lab.train.grpo_step(state, grpo)` is one visible iteration: draw P = `grpo.batch_size / grpo.group_size`
         prompts (16 × 8 = 128 rows by default) → rollout → old log-probs → advantages → clipped loss → Adam step
         (lr `grpo.lr` = 3e-4, gradient-norm clip `grpo.max_grad_norm` = 1). It returns the step's metrics
         (docs/metrics.md). `make_state` builds the optimizer and the data cursor. The loop below is the whole of
-        plain GRPO training; `npo_lab.trainer.train` is the same loop with evaluation, logging and guide sources.
+        plain GRPO training; `npo_lab.train.train` is the same loop with evaluation, logging and the methods' look-ahead.
         """,
     ),
     (
         "code",
         r"""
-        from npo_lab.trainer import grpo_step, make_state
+        from npo_lab.train import grpo_step, make_state
 
         STEPS, EVAL_EVERY = 200, 10
         state = make_state(backend, grpo, seed=SEED)

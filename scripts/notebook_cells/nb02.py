@@ -10,8 +10,8 @@ CELLS = [
         r"""
         # 2. Quality vs variance: Q, V and S of a teacher, of replay, and of the near future
 
-        **CPU recipe.** Part A computes Q, V and S *exactly* on the analytic toy (`npo_lab.toy`: a tabular softmax
-        policy, milliseconds). Part B *measures* them with the estimators AutoNPO uses (`npo_lab.qvs`) along a short
+        **CPU recipe.** Part A computes Q, V and S *exactly* on the analytic toy (`npo_lab.experiments.toy`: a tabular softmax
+        policy, milliseconds). Part B *measures* them with the estimators AutoNPO uses (`npo_lab.train.probe`, `npo_lab.experiments.qvs`) along a short
         GRPO run of the arithmetic simulation (warm start, an external teacher trained for 600 supervised steps, 100
         GRPO steps, two measurements). Expected runtime on 2 CPU cores: about **25 s** (measured: 22 s for the whole
         notebook, up to twice that on a busy machine). Expected result: on the toy, S(Δ) has an interior maximum whose
@@ -202,7 +202,7 @@ CELLS = [
         r"""
         ## Part B: measured on the arithmetic simulation
 
-        The same quantities, now *estimated* from samples through the backend protocol (`npo_lab.qvs`), on the
+        The same quantities, now *estimated* from samples through the backend protocol (`npo_lab.experiments.qvs`), on the
         arithmetic task of notebook 1. `measure_along_run` trains plain GRPO and, at each step in `at`:
 
         1. finds the failed set F_t: the probe prompts that π_t solves in fewer than 60% of k = 8 tries;
@@ -210,7 +210,7 @@ CELLS = [
            the same run for Δ < 0, and the backend's external teacher;
         3. samples k rows per failed prompt from each source: Q̂ = fraction of F_t with a correct row, V̂ from the
            correct rows' `behavior_logprobs` (π_src) and π_t's log-probs of the same tokens (`q_hat`, `v_hat` in
-           `npo_lab.core.qvs`, the functions AutoNPO scores its candidates with).
+           `npo_lab.core.signal`, the functions AutoNPO scores its candidates with).
 
         The teacher (docs/algorithm.md §5) is the same architecture trained from its own seed on full-size
         problems written in a scratchpad style (`alt`, `047+385=` → `223:234$`) that the student never saw: strong
@@ -223,13 +223,13 @@ CELLS = [
         r"""
         import random
 
-        from npo_lab.envs.arithmetic import ArithmeticBackend
+        from npo_lab.envs.arithmetic_backend import ArithmeticBackend
         from npo_lab.envs.config import TinyLMConfig
 
         from npo_lab.config import GRPOConfig
-        from npo_lab.qvs import measure_along_run
+        from npo_lab.experiments.qvs import measure_along_run
         from npo_lab.tasks.arithmetic import ArithmeticConfig
-        from npo_lab.trainer import make_state
+        from npo_lab.train import make_state
 
         SEED, TEACHER_STEPS = 0, 600
         seed_everything(SEED)

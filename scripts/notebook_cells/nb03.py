@@ -35,15 +35,14 @@ CELLS = [
         r"""
         import matplotlib.pyplot as plt
         import torch
-        from npo_lab.envs.arithmetic import ArithmeticBackend
+        from npo_lab.envs.arithmetic_backend import ArithmeticBackend
         from npo_lab.envs.config import TinyLMConfig
 
         from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
         from npo_lab.core.advantages import group_advantages
         from npo_lab.core.guidance import group_accuracy, guide_gate, merge_guides
-        from npo_lab.npo import lookahead
         from npo_lab.tasks.arithmetic import ArithmeticConfig
-        from npo_lab.trainer import grpo_step, make_state
+        from npo_lab.train import grpo_step, lookahead, make_state
         from npo_lab.utils import seed_everything
 
         torch.set_num_threads(1)  # these models are tiny: one thread is fastest (and CI has 2 cores)
@@ -60,7 +59,7 @@ CELLS = [
         r"""
         ## 3.1 One intervention, by hand
 
-        `npo_lab.npo.lookahead(state, delta, plain_step)` does steps 1-3: it runs `plain_step` Δ times, keeps the
+        `npo_lab.train.lookahead(state, delta, plain_step)` does steps 1-3: it runs `plain_step` Δ times, keeps the
         checkpoint, and restores the snapshot. The rollback is exact: the weights, the optimizer, the RNGs and the
         data cursor are what they were, so the run continues as if the look-ahead never happened.
         """,
@@ -137,8 +136,8 @@ CELLS = [
 
         ## 3.2 GRPO vs NPO, paired
 
-        `npo_lab.sources.make_source("npo", ...)` builds the `NearFutureGuide` source; `npo_lab.trainer.train` runs
-        the loop with it (it calls the source before each step: look-ahead at the scheduled steps, guide rows while
+        `npo_lab.methods.make_method("npo", ...)` builds the `NPO` method; `npo_lab.train.train` runs
+        the loop with it (it asks the method before each step: look-ahead at the scheduled steps, guide rows while
         the guidance window is open). Both runs start from the same checkpoint with the same seed. A small in-memory
         logger keeps every metric (`Logger` protocol of `npo_lab.metrics`).
         """,
@@ -146,10 +145,10 @@ CELLS = [
     (
         "code",
         r"""
-        from npo_lab.compare import lookahead_before
+        from npo_lab.experiments.report import lookahead_before
+        from npo_lab.methods import make_method
         from npo_lab.metrics import MemoryLogger
-        from npo_lab.sources import make_source
-        from npo_lab.trainer import train
+        from npo_lab.train import train
 
         STEPS, SEEDS = 400, (3,)  # SEEDS = (0, 3) adds a typical seed (about 35 s more)
         run = RunConfig(steps=STEPS, eval_every=20)
@@ -162,9 +161,9 @@ CELLS = [
                 backend.load(start)
                 seed_everything(seed)
                 state = make_state(backend, grpo, seed=seed)
-                source = make_source(method, MethodConfigs(npo=npo), STEPS, grpo=grpo)
+                algo = make_method(method, MethodConfigs(npo=npo), STEPS, grpo=grpo)
                 logs[seed, method] = MemoryLogger()
-                r = results[seed, method] = train(state, source, run, grpo, seed=seed, logger=logs[seed, method])
+                r = results[seed, method] = train(state, algo, run, grpo, seed=seed, logger=logs[seed, method])
                 print(f"seed {seed} {method}: final accuracy {r.final_accuracy:.3f}, look-ahead steps {r.lookahead_steps}")
         """,
     ),

@@ -10,7 +10,7 @@ CELLS = [
         r"""
         # 4. AutoNPO: watching its triggers and its choice of Δ
 
-        **CPU recipe.** First the controller alone (`npo_lab.autonpo.AutoNPOController`) on a synthetic reward and
+        **CPU recipe.** First the controller alone (`npo_lab.methods.autonpo.AutoNPOController`) on a synthetic reward and
         entropy curve (milliseconds), then AutoNPO training the arithmetic task for 300 steps (seed 0), with its
         signals, triggers and the Q̂, V̂, Ŝ of every candidate Δ read from its events. Expected runtime on 2 CPU cores:
         about **25 s** (measured: 23 s for the whole notebook, up to twice that on a busy machine). Expected result: on
@@ -39,9 +39,9 @@ CELLS = [
         import matplotlib.pyplot as plt
         import torch
 
-        from npo_lab.autonpo import AutoNPOController
         from npo_lab.config import AutoNPOConfig
-        from npo_lab.core.qvs import choose_delta
+        from npo_lab.core.signal import choose_delta
+        from npo_lab.methods.autonpo import AutoNPOController
         from npo_lab.utils import seed_everything
 
         torch.set_num_threads(1)  # these models are tiny: one thread is fastest (and CI has 2 cores)
@@ -56,7 +56,7 @@ CELLS = [
         A made-up run of 400 steps, designed to show each trigger once: a sparse start (reward 0.05), a steady rise
         to 0.65 at step 300, then a plateau; the entropy collapses from 1.0 to 0.3 between steps 150 and 240 and
         recovers afterwards. Noise of ±0.03 on the reward, as a batch of 128 rows gives. The loop is what
-        `npo_lab.trainer.train` does with the controller: `trigger(t)` before a step, `record(t)` when it
+        the `AutoNPO` method does with the controller: `trigger(t)` before a step, `record(t)` when it
         intervenes, `observe(t, reward, entropy)` after the step.
         """,
     ),
@@ -152,23 +152,23 @@ CELLS = [
         r"""
         ## 4.2 AutoNPO on the arithmetic task
 
-        `make_source("autonpo", ...)` builds `npo_lab.npo.AutoNPOGuide`: the controller, the mistake pool, the
-        look-ahead over the candidates and the scoring (`npo_lab.qvs.measure_sources`). To fit the time budget the
+        `make_method("autonpo", ...)` builds `npo_lab.methods.AutoNPO`: the controller, the mistake pool, the
+        look-ahead over the candidates and the scoring (`npo_lab.train.probe.measure_sources`). To fit the time budget the
         candidates are scored on the 64 most recent pool prompts (`autonpo.q_prompts`, default 128); everything
-        else is the default. The logger keeps every metric; the source's events hold every decision.
+        else is the default. The logger keeps every metric; the method's events hold every decision.
         """,
     ),
     (
         "code",
         r"""
-        from npo_lab.envs.arithmetic import ArithmeticBackend
+        from npo_lab.envs.arithmetic_backend import ArithmeticBackend
         from npo_lab.envs.config import TinyLMConfig
 
         from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
+        from npo_lab.methods import make_method
         from npo_lab.metrics import MemoryLogger
-        from npo_lab.sources import make_source
         from npo_lab.tasks.arithmetic import ArithmeticConfig
-        from npo_lab.trainer import make_state, train
+        from npo_lab.train import make_state, train
 
         SEED, STEPS = 0, 300
         seed_everything(SEED)
@@ -176,9 +176,9 @@ CELLS = [
         grpo = GRPOConfig()
         auto = AutoNPOConfig(q_prompts=64)
         state = make_state(backend, grpo, seed=SEED)
-        source = make_source("autonpo", MethodConfigs(npo=NPOConfig(), autonpo=auto), STEPS, grpo=grpo)
+        autonpo = make_method("autonpo", MethodConfigs(npo=NPOConfig(), autonpo=auto), STEPS, grpo=grpo)
         log = MemoryLogger()
-        result = train(state, source, RunConfig(steps=STEPS, eval_every=20), grpo, seed=SEED, logger=log)
+        result = train(state, autonpo, RunConfig(steps=STEPS, eval_every=20), grpo, seed=SEED, logger=log)
         print(
             f"final accuracy {result.final_accuracy:.3f}; interventions at {result.interventions}; "
             f"look-ahead steps {result.lookahead_steps}; {result.wall_s:.1f} s"

@@ -147,10 +147,10 @@ CELLS = [
     (
         "code",
         r"""
-        from npo_lab.compare import lookahead_before
         from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
-        from npo_lab.sources import make_source
-        from npo_lab.trainer import make_state, train
+        from npo_lab.experiments.report import lookahead_before
+        from npo_lab.methods import make_method
+        from npo_lab.train import make_state, train
 
         N_SEEDS, STEPS = 10, 60
         grpo = GRPOConfig(lr=3e-3)
@@ -164,8 +164,8 @@ CELLS = [
                 backend.load(start)
                 seed_everything(seed)
                 state = make_state(backend, grpo, seed=seed)
-                source = make_source(method, MethodConfigs(npo=npo), STEPS, grpo=grpo)
-                results[method].append(train(state, source, run, grpo, seed=seed))
+                algo = make_method(method, MethodConfigs(npo=npo), STEPS, grpo=grpo)
+                results[method].append(train(state, algo, run, grpo, seed=seed))
 
 
         def first_solved(r, threshold=1.0):

@@ -140,8 +140,7 @@ CELLS = [
         "code",
         r"""
         from npo_lab.config import GRPOConfig, MethodConfigs, NPOConfig, RunConfig
-        from npo_lab.npo import lookahead
-        from npo_lab.trainer import grpo_step, make_state
+        from npo_lab.train import grpo_step, lookahead, make_state
 
         grpo = GRPOConfig(batch_size=32, group_size=8, lr=1e-3)  # 4 prompts x G = 8 (recipes/tiny_cpu.toml)
         npo = NPOConfig(delta=2, interventions=(0,))
@@ -163,7 +162,7 @@ CELLS = [
     (
         "md",
         r"""
-        Now the loop with the NPO source (`make_source("npo", ...)` → `NearFutureGuide`): an intervention at step 0
+        Now the loop with the NPO source (`make_method("npo", ...)` → `NPO`): an intervention at step 0
         (Δ = 2 here, to keep it quick), then guided steps. The metrics show the mechanics: `npo/intervention` and
         `npo/lookahead_s` at step 1, then on each guided step the groups below the gate (`guide/gated_frac`), the
         guide rows merged (`guide/rows`) and their rewards (`reward/accuracy/guide`).
@@ -172,14 +171,14 @@ CELLS = [
     (
         "code",
         r"""
+        from npo_lab.methods import make_method
         from npo_lab.metrics import MemoryLogger
-        from npo_lab.sources import make_source
-        from npo_lab.trainer import train
+        from npo_lab.train import train
 
         STEPS = 6
         seed_everything(SEED)
         state = make_state(backend, grpo, seed=SEED)
-        source = make_source("npo", MethodConfigs(npo=npo), STEPS, grpo=grpo)
+        source = make_method("npo", MethodConfigs(npo=npo), STEPS, grpo=grpo)
         log = MemoryLogger()
         result = train(state, source, RunConfig(steps=STEPS, eval_every=STEPS), grpo, seed=SEED, logger=log)
         steps = [(s, m) for s, m in log.rows if "reward/on_policy_mean" in m]

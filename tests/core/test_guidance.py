@@ -1,19 +1,13 @@
 import pytest
 import torch
+from helpers import make_batch as shared_batch
 
-from npo_lab.batch import RolloutBatch
 from npo_lab.core.guidance import group_accuracy, guide_gate, merge_guides
 
 
 def make_batch(rewards, group_ids, t=3, tag=0.0):
-    n = len(rewards)
-    return RolloutBatch.from_rows(
-        behavior_logprobs=torch.full((n, t), tag),
-        mask=torch.ones(n, t),
-        rewards=torch.tensor(rewards, dtype=torch.float),
-        group_ids=torch.tensor(group_ids),
-        extras=[("row", tag, i) for i in range(n)],
-    )
+    """Rows whose behaviour log-probs and extras carry ``tag``, so a merged row shows where it came from."""
+    return shared_batch(rewards, group_ids, t, behavior=tag, extras=[("row", tag, i) for i in range(len(rewards))])
 
 
 def test_gate_is_strictly_below_threshold():

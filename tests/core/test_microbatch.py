@@ -6,7 +6,8 @@ import torch
 from npo_lab.backend import ScriptedBackend
 from npo_lab.config import GRPOConfig
 from npo_lab.core.advantages import group_advantages
-from npo_lab.trainer import make_state, update_minibatch
+from npo_lab.train import make_state
+from npo_lab.train.step import update_minibatch
 from npo_lab.utils import seed_everything
 
 
@@ -60,34 +61,43 @@ def test_micro_batch_size_is_validated():
         GRPOConfig(micro_batch_size=-1)
 
 
-class _EngineBackend(ScriptedBackend):
-    """A backend whose 'engine' owns the optimizer, backward and the step (the DeepSpeed seam of the trainer)."""
+class _CountingStrategy:
+    """An UpdateStrategy whose 'engine' owns the optimizer, backward and the step (the DeepSpeed seam)."""
 
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.calls = {"make_optimizer": 0, "backward": 0, "optimizer_step": 0}
+    world_size, rank = 1, 0
 
-    def make_optimizer(self, lr):
+    def __init__(self):
+        self.calls = {"make_optimizer": 0, "backward": 0, "step": 0}
+
+    def make_optimizer(self, params, lr):
         self.calls["make_optimizer"] += 1
-        self.opt = torch.optim.Adam(list(self.parameters()), lr=lr)
-        return self.opt
+        return torch.optim.Adam(params, lr=lr)
 
     def backward(self, loss):
         self.calls["backward"] += 1
         loss.backward()
 
-    def optimizer_step(self, max_grad_norm):
-        self.calls["optimizer_step"] += 1
-        gn = torch.nn.utils.clip_grad_norm_(list(self.parameters()), max_grad_norm or float("inf"))
+    def step(self, optimizer, max_grad_norm):
+        self.calls["step"] += 1
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
         if torch.isfinite(gn):
-            self.opt.step()
+            optimizer.step()
         return float(gn)
 
 
+class _EngineBackend(ScriptedBackend):
+    """A backend with its own update strategy (as the Qwen3-VL backend under ZeRO-3)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.update_strategy = _CountingStrategy()
+
+
 def test_an_engine_owned_optimizer_gives_the_same_update():
-    """make_optimizer / backward / optimizer_step replace the trainer's own Adam, backward and clip+step, with the
-    same result, and are each called (micro-batches: one backward each, one step per minibatch)."""
-    from npo_lab.trainer import grpo_step
+    """A backend's UpdateStrategy (make_optimizer / backward / step) replaces the trainer's own Adam, backward and
+    clip+step, with the same result, and each is called (micro-batches: one backward each, one step per minibatch)."""
+    from npo_lab.train import grpo_step
 
     out = []
     for cls in (ScriptedBackend, _EngineBackend):
@@ -102,15 +112,15 @@ def test_an_engine_owned_optimizer_gives_the_same_update():
     torch.testing.assert_close(engine.table.detach(), plain.table.detach())
     start = ScriptedBackend(n_prompts=6, seq_len=3, vocab=4, seed=0, init_bias=1.5).table
     assert not torch.equal(plain.table.detach(), start)
-    assert engine.calls == {"make_optimizer": 1, "backward": 3 * 3, "optimizer_step": 3}
+    assert engine.update_strategy.calls == {"make_optimizer": 1, "backward": 3 * 3, "step": 3}
 
 
 def test_an_engine_step_reporting_a_non_finite_norm_stops_the_run():
-    from npo_lab.trainer import NonFiniteError, grpo_step
+    from npo_lab.train import NonFiniteError, grpo_step
 
     seed_everything(0)
     be = _EngineBackend(n_prompts=6, seq_len=3, vocab=4, seed=0)
-    be.optimizer_step = lambda max_grad_norm: float("nan")
+    be.update_strategy.step = lambda optimizer, max_grad_norm: float("nan")
     grpo = GRPOConfig(batch_size=12, group_size=4, lr=0.1)
     state = make_state(be, grpo, seed=0)
     with pytest.raises(NonFiniteError, match="step 0: policy/grad_norm is nan"):

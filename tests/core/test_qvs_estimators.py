@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from npo_lab.core.qvs import importance_weights, q_hat, s_hat, v_hat
+from npo_lab.core.signal import importance_weights, q_hat, s_hat, v_hat
 
 
 def test_q_hat_counts_prompts_with_a_correct_sample():

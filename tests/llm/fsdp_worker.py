@@ -3,17 +3,20 @@ Qwen3-VL. Each rank writes what it saw to <out>/rank<r>.json."""
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from npo_lab.llm.backend import QwenVLBackend
-from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
-from npo_lab.npo import NearFutureGuide
-from npo_lab.trainer import make_state, train
+from npo_lab.methods import NPO
+from npo_lab.train import make_state, train
 from npo_lab.utils import seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared helpers
+from helpers import tiny_llm_config  # noqa: E402
 
 
 def full_params(model):
@@ -24,13 +27,7 @@ def full_params(model):
 def main(out: str) -> None:
     torch.set_num_threads(1)
     seed_everything(0)
-    cfg = LLMConfig(
-        tiny_warm_steps=0,
-        max_new_tokens=6,
-        micro_batch=3,
-        data=DataConfig(synthetic_train=8, synthetic_eval=4, eval_rows=4),
-        reward=RewardConfig(accuracy_weight=0.0, custom="npo_test_rewards:sparse_length"),
-    )
+    cfg = tiny_llm_config("npo_test_rewards:sparse_length", micro_batch=3)
     be = QwenVLBackend(cfg, seed=0)
     assert be.world_size == 2, be.world_size
     be.model.reshard()  # the root keeps its parameters gathered after a forward until asked
@@ -50,7 +47,7 @@ def main(out: str) -> None:
 
     res = train(
         state,
-        NearFutureGuide(NPOConfig(delta=1, interventions=(0,), guide_samples=4), 2),
+        NPO(NPOConfig(delta=1, interventions=(0,), guide_samples=4), 2),
         RunConfig(steps=2, eval_every=2),
         grpo,
         logger=Rows(),

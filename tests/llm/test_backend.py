@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_guarded
+from helpers import run_cli, tiny_llm_config
 
 from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
 from npo_lab.core.losses import policy_loss
-from npo_lab.npo import NearFutureGuide, restore, snapshot
-from npo_lab.trainer import grpo_step, make_state, train
+from npo_lab.methods import NPO
+from npo_lab.train import grpo_step, make_state, restore, snapshot, train
 from npo_lab.utils import seed_everything
 
 pytestmark = pytest.mark.llm
 transformers = pytest.importorskip("transformers")
 
 from npo_lab.llm.backend import DiskCheckpoint, QwenVLBackend  # noqa: E402
-from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig  # noqa: E402
+from npo_lab.llm.config import DataConfig, LLMConfig  # noqa: E402
 from npo_lab.llm.model import is_vision_param, load_model, load_processor  # noqa: E402
 
 REWARD_MODULE = '''
@@ -43,15 +43,7 @@ def reward_dir(tmp_path_factory):
 
 
 def small_cfg(**kw) -> LLMConfig:
-    base = dict(
-        tiny_warm_steps=0,
-        max_new_tokens=6,
-        micro_batch=4,
-        data=DataConfig(synthetic_train=8, synthetic_eval=4, eval_rows=4),
-        reward=RewardConfig(accuracy_weight=0.0, custom="npo_test_rewards:even_length"),
-    )
-    base.update(kw)
-    return LLMConfig(**base)
+    return tiny_llm_config(**kw)
 
 
 @pytest.fixture
@@ -102,9 +94,9 @@ def test_the_trainer_fills_nan_behaviour_with_the_anchor_in_both_update_modes(ma
     state = make_state(be, grpo, seed=0)
     seen = {}
 
-    class Spy(NearFutureGuide):
-        def after_step(self, state, batch, entropy, metrics, rollout):
-            seen["batch"], seen["entropy"] = batch, entropy
+    class Spy(NPO):
+        def after_step(self, state, outcome):
+            seen["batch"], seen["entropy"] = outcome.batch, outcome.entropy
 
     grpo_step(state, grpo, Spy(NPOConfig(interventions=()), total_steps=10))
     b = seen["batch"]
@@ -258,7 +250,7 @@ def test_a_full_npo_step_end_to_end(make_backend):
     npo = NPOConfig(delta=2, interventions=(0,), guide_samples=4, gate=0.6)
     state = make_state(be, grpo, seed=0)
     before = {n: p.detach().clone() for n, p in be.model.named_parameters()}
-    source = NearFutureGuide(npo, total_steps=3)
+    source = NPO(npo, total_steps=3)
     rows = []
     res = train(state, source, RunConfig(steps=3, eval_every=3), grpo, on_step=None, logger=_Rows(rows))
     assert res.interventions == [0] and res.lookahead_steps == 2
@@ -324,12 +316,12 @@ def _train_cli(reward_dir, tmp_path, *flags: str) -> subprocess.CompletedProcess
     """``npo-lab train --backend qwen-vl`` on the tiny model with the test reward, plus ``flags``."""
     env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     args = [
-        sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--grpo.batch-size", "8",
+        "train", "--backend", "qwen-vl", "--grpo.batch-size", "8",
         "--grpo.group-size", "4", "--llm.tiny-warm-steps", "0", "--llm.max-new-tokens", "4",
         "--llm.data.synthetic-train", "8", "--llm.data.synthetic-eval", "4", "--llm.reward.accuracy-weight", "0",
         "--llm.reward.custom", "npo_test_rewards:even_length", "--out", str(tmp_path), *flags,
     ]  # fmt: skip
-    return run_guarded(args, capture_output=True, text=True, env=env)
+    return run_cli(*args, env=env)
 
 
 def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
@@ -346,12 +338,9 @@ def test_cli_trains_and_dry_runs_the_qwen_vl_backend(reward_dir, tmp_path):
     ckpt = run / "checkpoints" / "step_000002"
     assert (ckpt / "policy" / "model.safetensors").is_file() and (ckpt / "manifest.json").is_file()
     # the near-future guide's folder is part of the checkpoint: a resumed run samples its guide rows from it
-    assert (ckpt / "loop.source.checkpoint" / "model.safetensors").is_file()
-    dry = run_guarded(
-        [sys.executable, "-m", "npo_lab", "train", "--backend", "qwen-vl", "--dry-run", "--config",
-         str(Path(__file__).resolve().parents[2] / "recipes" / "qwen3vl_8b_paper.toml")],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    assert (ckpt / "loop.method.checkpoint" / "model.safetensors").is_file()
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "qwen3vl_8b_paper.toml"
+    dry = run_cli("train", "--backend", "qwen-vl", "--dry-run", "--config", str(recipe), env=env)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "4096 prompt + 4096 response" in dry.stdout and "memory per GPU" in dry.stdout
 
@@ -371,12 +360,10 @@ def test_a_qwen_vl_run_resumes_exactly_with_its_guide_folder(reward_dir, tmp_pat
     for step in (3, 4):
         shutil.rmtree(copy / "checkpoints" / f"step_{step:06d}")
     env = {"PYTHONPATH": str(reward_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "npo_lab", "train", "--resume", str(copy)], capture_output=True, text=True, env=env
-    )
+    out = run_cli("train", "--resume", str(copy), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from" in out.stdout
-    for name in ("policy", "loop.source.checkpoint"):
+    for name in ("policy", "loop.method.checkpoint"):
         a, b = (r / "checkpoints" / "step_000004" / name / "model.safetensors" for r in (straight, copy))
         assert a.read_bytes() == b.read_bytes(), name
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_guarded
+from helpers import run_guarded, tiny_llm_config
 
 pytestmark = pytest.mark.llm
 pytest.importorskip("transformers")
@@ -98,7 +98,7 @@ def test_zero3_step_equals_single_process_step(tmp_path_factory, monkeypatch):
     out = launch("torchrun", tmp_path_factory)
     from npo_lab.llm.backend import QwenVLBackend, _read_folder
 
-    from npo_lab.trainer import grpo_step, make_state
+    from npo_lab.train import grpo_step, make_state
 
     monkeypatch.syspath_prepend(str(out))  # the custom reward module
     monkeypatch.syspath_prepend(str(HERE))
@@ -106,7 +106,7 @@ def test_zero3_step_equals_single_process_step(tmp_path_factory, monkeypatch):
 
     batch = torch.load(out / "step1" / "batch.pt", weights_only=False)
     zero = json.loads((out / "step1" / "metrics.json").read_text())
-    be = QwenVLBackend(LLMConfig(**w.CFG), seed=0)
+    be = QwenVLBackend(tiny_llm_config(w.REWARD, micro_batch=3), seed=0)
     assert be.world_size == 1 and be.zero is None
     be.load(str(out / "step1" / "before"))
     state = make_state(be, w.GRPO, seed=0)

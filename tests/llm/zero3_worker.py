@@ -16,21 +16,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from npo_lab.llm.backend import QwenVLBackend
-from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig
 from npo_lab.llm.vllm_engine import vllm_weights
 
 from npo_lab.config import GRPOConfig, NPOConfig, RunConfig
-from npo_lab.npo import NearFutureGuide, restore, snapshot
-from npo_lab.trainer import grpo_step, make_state, train
+from npo_lab.methods import NPO
+from npo_lab.train import grpo_step, make_state, restore, snapshot, train
 from npo_lab.utils import seed_everything
 
-CFG = dict(
-    tiny_warm_steps=0,
-    max_new_tokens=6,
-    micro_batch=3,
-    data=DataConfig(synthetic_train=8, synthetic_eval=4, eval_rows=4),
-    reward=RewardConfig(accuracy_weight=0.0, custom="npo_zero3_rewards:sparse_length"),
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared helpers
+from helpers import tiny_llm_config  # noqa: E402
+
+REWARD = "npo_zero3_rewards:sparse_length"
+"""The tiny settings of every llm test, 3 rows per micro-batch."""
 # 2 rows per micro-batch: each rank accumulates 2 micro-batches of its 4 rows; clipping at 0.05 is active
 GRPO = GRPOConfig(batch_size=8, group_size=4, lr=1e-2, micro_batch_size=2, max_grad_norm=0.05)
 
@@ -62,7 +59,7 @@ def equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def main(out: str, strategy: str, dtype: str) -> None:
     torch.set_num_threads(1)
     seed_everything(0)
-    be = QwenVLBackend(LLMConfig(strategy=strategy, dtype=dtype, **CFG), seed=0)
+    be = QwenVLBackend(tiny_llm_config(REWARD, micro_batch=3, strategy=strategy, dtype=dtype), seed=0)
     assert be.world_size == 2 and be.zero is not None, (be.world_size, be.strategy)
     rank, keep = dist.get_rank(), Path(out) / "step1"
     partitioned = sum(1 for p in be.model.parameters() if hasattr(p, "ds_id"))
@@ -115,7 +112,7 @@ def main(out: str, strategy: str, dtype: str) -> None:
     log = Rows()
     res = train(
         state,
-        NearFutureGuide(NPOConfig(delta=1, interventions=(1,), guide_samples=4), 3),
+        NPO(NPOConfig(delta=1, interventions=(1,), guide_samples=4), 3),
         RunConfig(steps=3, eval_every=2),
         GRPO,
         logger=log,
@@ -125,8 +122,8 @@ def main(out: str, strategy: str, dtype: str) -> None:
     # a NaN gradient: ZeRO-3 applies no update and the backend reports a non-finite norm (the trainer then stops)
     state.optimizer.zero_grad(set_to_none=True)
     logp, _ = be.logprobs(batch.select(torch.arange(2)))
-    be.backward(logp.sum() * float("nan"))
-    norm = be.optimizer_step(GRPO.max_grad_norm)
+    be.update_strategy.backward(logp.sum() * float("nan"))
+    norm = be.update_strategy.step(state.optimizer, GRPO.max_grad_norm)
     nan_skipped = not math.isfinite(norm) and equal(full(be), after)
 
     doc = {

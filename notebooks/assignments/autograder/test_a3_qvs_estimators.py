@@ -1,4 +1,4 @@
-"""Autograder of assignment 3 (Q-hat, V-hat, S-hat, choosing Delta): npo_lab.core.qvs is the reference."""
+"""Autograder of assignment 3 (Q-hat, V-hat, S-hat, choosing Delta): npo_lab.core.signal is the reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from npo_lab.core import qvs as lib
+from npo_lab.core import signal as lib
 
 ASSIGNMENT = "a3_qvs_estimators"
 ESTIMATORS = ["is_variance", "chi2", "log_ratio"]

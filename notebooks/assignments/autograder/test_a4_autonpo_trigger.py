@@ -1,4 +1,4 @@
-"""Autograder of assignment 4 (AutoNPO's stagnation trigger): npo_lab.autonpo.AutoNPOController is the reference."""
+"""Autograder of assignment 4 (AutoNPO's stagnation trigger); reference: npo_lab.methods.autonpo.AutoNPOController."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from npo_lab.autonpo import AutoNPOController
-from npo_lab.autonpo import slope as lib_slope
 from npo_lab.config import AutoNPOConfig
+from npo_lab.methods.autonpo import AutoNPOController
+from npo_lab.methods.autonpo import slope as lib_slope
 
 ASSIGNMENT = "a4_autonpo_trigger"
 

@@ -2,7 +2,7 @@
 # # Assignment 3: quality Q, variance cost V, effective signal S, and choosing Δ
 #
 # **Goal.** Write the estimators with which AutoNPO decides how far ahead to look, and check them against
-# `npo_lab.core.qvs`. About 40 minutes on a CPU.
+# `npo_lab.core.signal`. About 40 minutes on a CPU.
 #
 # NPO's argument (arXiv 2604.20733): a source of off-policy rows (an external teacher, a replay pool, the
 # policy's own checkpoint Δ steps ahead) is worth its **effective learning signal** S = Q / V:
@@ -61,8 +61,8 @@ def q_hat(rewards: Tensor, group_ids: Tensor, prompts: Sequence[int], correct_th
 
 
 # %% tags=["selfcheck"]
-# Self-check 3.1 against npo_lab.core.qvs.q_hat.
-from npo_lab.core import qvs as lib
+# Self-check 3.1 against npo_lab.core.signal.q_hat.
+from npo_lab.core import signal as lib
 
 torch.manual_seed(0)
 rewards = (torch.rand(40) < 0.2).float()
@@ -146,7 +146,7 @@ def v_hat(
 
 
 # %% tags=["selfcheck"]
-# Self-check 3.3: each estimator against npo_lab.core.qvs.v_hat; a source equal to pi_t costs only the floor.
+# Self-check 3.3: each estimator against npo_lab.core.signal.v_hat; a source equal to pi_t costs only the floor.
 for est in ("is_variance", "chi2", "log_ratio"):
     mine, ref = v_hat(logp_cur, logp_src, mask, est), lib.v_hat(logp_cur, logp_src, mask, estimator=est)
     assert abs(mine - ref) < 1e-9, (est, mine, ref)

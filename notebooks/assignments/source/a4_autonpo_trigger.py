@@ -2,7 +2,7 @@
 # # Assignment 4: when should AutoNPO look ahead? A stagnation trigger
 #
 # **Goal.** Write the reward-stagnation trigger of AutoNPO, with its cooldown, and check that it fires on
-# exactly the same steps as `npo_lab.autonpo.AutoNPOController`. About 40 minutes on a CPU.
+# exactly the same steps as `npo_lab.methods.autonpo.AutoNPOController`. About 40 minutes on a CPU.
 #
 # NPO looks ahead at fixed steps chosen by hand. AutoNPO (same paper, arXiv 2604.20733) decides online, from
 # signals it reads after every training step: reward stagnation, entropy collapse, and an early bootstrap
@@ -66,12 +66,12 @@ def slope(values: Sequence[float]) -> float:
 
 
 # %% tags=["selfcheck"]
-# Self-check 4.1: slope against npo_lab.autonpo.slope, ema against the controller's smoothed curve.
+# Self-check 4.1: slope against npo_lab.methods.autonpo.slope, ema against the controller's smoothed curve.
 import random
 
-from npo_lab.autonpo import AutoNPOController
-from npo_lab.autonpo import slope as lib_slope
 from npo_lab.config import AutoNPOConfig
+from npo_lab.methods.autonpo import AutoNPOController
+from npo_lab.methods.autonpo import slope as lib_slope
 
 rng = random.Random(0)
 curve = [min(1.0, max(0.0, 0.3 + 0.002 * t + rng.gauss(0, 0.05))) for t in range(60)]

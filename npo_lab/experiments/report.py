@@ -1,30 +1,15 @@
-"""Run several methods over several seeds, side by side, and report medians with bootstrap CIs.
-
-Backend-neutral: it receives a picklable ``make_backend(seed)`` factory from the composition root
-(:mod:`npo_lab.cli`). Each worker process takes one seed: it builds (and warm-starts) the backend once,
-then trains every method from that same starting checkpoint, so methods are compared on paired seeds.
-"""
+"""Tables and figures of a comparison: per-method medians and interquartile means with bootstrap CIs, speed-ups,
+paired per-seed differences (results.json), report.md and curves.png."""
 
 from __future__ import annotations
 
-import json
 import math
-import multiprocessing as mp
-import os
-import queue
-import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from npo_lab.checkpoint import save_training_checkpoint
-from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig, parse_method
-from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
-from npo_lab.stats import (
+from npo_lab.experiments.stats import (
     auc,
     bootstrap_ci,
     iqm,
@@ -33,111 +18,6 @@ from npo_lab.stats import (
     steps_to_target,
     stratified_bootstrap_ci,
 )
-
-
-@dataclass
-class SeedJob:
-    seed: int
-    methods: list[str]
-    make_backend: Callable[[int], Any]
-    run: RunConfig
-    grpo: GRPOConfig
-    cfgs: MethodConfigs
-    out: str
-    threads: int = 1
-
-
-def _label(spec: str) -> str:
-    return spec.replace(":", "_").replace("=", "-")
-
-
-def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
-    """Train every method of ``job`` on one seed (in a worker process). Returns RunResult dicts.
-
-    Every method starts from the same warm-started checkpoint, so methods are paired by seed. rlep's
-    "previous run" is this seed's plain GRPO run when the comparison has one of the same length (its final
-    checkpoint decodes the pool); otherwise an unlogged GRPO run of ``rlep.source_steps`` is trained first."""
-    import torch
-
-    from npo_lab.sources import make_source
-    from npo_lab.trainer import make_state, train
-    from npo_lab.utils import seed_everything
-
-    torch.set_num_threads(job.threads)
-    seed_everything(job.seed)
-    t0 = time.perf_counter()
-    backend = job.make_backend(job.seed)
-    setup_s = time.perf_counter() - t0
-    start = backend.save()
-    finals: dict[str, Any] = {}  # spec -> final checkpoint (rlep's previous run)
-    results = []
-
-    def tick(n: int) -> None:
-        if progress is not None:
-            progress.put(n)
-
-    def previous_run(steps: int) -> Any:
-        if "grpo" in finals and steps == job.run.steps:
-            return finals["grpo"]
-        backend.load(start)
-        seed_everything(job.seed)
-        train(
-            make_state(backend, job.grpo, job.seed),
-            "grpo",
-            RunConfig(steps=steps, eval_every=steps),
-            job.grpo,
-            seed=job.seed,
-        )
-        return backend.save()
-
-    order = sorted(job.methods, key=lambda spec: spec.split(":")[0] == "rlep")  # rlep after the GRPO run
-    for spec in order:
-        method, cfgs = parse_method(spec, job.cfgs)
-        teacher = previous = None
-        prior_steps = 0
-        if method == "luffy":
-            if not hasattr(backend, "teacher"):
-                raise ValueError(f"luffy needs an external teacher, and {type(backend).__name__} has no teacher()")
-            teacher = backend.teacher()
-        if method == "rlep":
-            prior_steps = cfgs.rlep.source_steps or job.run.steps
-            previous = previous_run(prior_steps)
-        backend.load(start)
-        seed_everything(job.seed)
-        state = make_state(backend, job.grpo, job.seed)
-        source = make_source(
-            method, cfgs, job.run.steps, grpo=job.grpo, teacher=teacher, previous=previous, seed=job.seed
-        )
-        run_dir = Path(job.out) / "runs" / f"{_label(spec)}__seed{job.seed}"
-        loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
-        if job.run.tensorboard:
-            loggers.append(TensorBoardLogger(run_dir))
-        logger = MultiLogger(*loggers)
-        events = EventLog(run_dir)
-
-        def save(st: Any, loop: dict[str, Any], run_dir: Path = run_dir) -> None:
-            save_training_checkpoint(run_dir / "checkpoints", st, loop, keep=job.run.keep_checkpoints)
-
-        res = train(
-            state,
-            source,
-            job.run,
-            job.grpo,
-            seed=job.seed,
-            logger=logger,
-            on_step=tick,
-            save_checkpoint=save if job.run.checkpoint_every else None,
-            events=events,
-        )
-        logger.close()
-        events.close()
-        finals[spec] = backend.save()
-        d = asdict(res)
-        d["setup_s"] = setup_s
-        d["method"] = spec
-        d["prior_steps"] = prior_steps
-        results.append(d)
-    return sorted(results, key=lambda r: job.methods.index(r["method"]))
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -420,93 +300,3 @@ def plot_curves(doc: dict[str, Any], path: Path, n_boot: int = 1000) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def compare(
-    make_backend: Callable[[int], Any],
-    methods: list[str],
-    seeds: list[int],
-    run: RunConfig,
-    grpo: GRPOConfig,
-    cfgs: MethodConfigs,
-    out: str | Path,
-    *,
-    workers: int = 0,
-    target: float | None = None,
-    target_fraction: float = 0.9,
-    n_boot: int = 2000,
-    command: str = "",
-    config_doc: dict[str, Any] | None = None,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Run ``methods`` x ``seeds`` and write results.json, report.md and curves.png into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if config_doc is not None:
-        (out / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
-    workers = workers or min(len(seeds), os.cpu_count() or 1, 2)
-    threads = max(1, (os.cpu_count() or 1) // workers)  # one worker alone may use every core
-    jobs = [SeedJob(s, methods, make_backend, run, grpo, cfgs, str(out), threads) for s in seeds]
-    total = len(seeds) * len(methods) * run.steps
-    t0 = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="compare", unit="step", disable=not show_progress, dynamic_ncols=True)
-    if workers == 1:
-        for job in jobs:
-            results += run_seed(job, _BarQueue(bar))
-    else:
-        ctx = mp.get_context("spawn")  # no fork after torch has started threads
-        with ctx.Manager() as manager:
-            q = manager.Queue()
-            # ProcessPoolExecutor's workers are not daemonic, so a backend may start processes of its own (the
-            # qwen-vl backend grades with math-verify in killable worker processes)
-            pool = ProcessPoolExecutor(workers, mp_context=ctx)
-            try:
-                pending = [pool.submit(run_seed, job, q) for job in jobs]
-                while not all(f.done() for f in pending):
-                    if any(f.done() and f.exception() is not None for f in pending):
-                        break  # a seed failed: report it now rather than after the others finish
-                    try:
-                        bar.update(q.get(timeout=0.2))
-                    except queue.Empty:
-                        pass
-                for f in pending:
-                    results += f.result()  # re-raises a worker's error here
-                pool.shutdown(wait=True)
-            except BaseException:
-                _terminate(pool)  # Ctrl-C, SIGTERM or a failed seed: stop every worker, leave no orphans
-                raise
-            while not q.empty():
-                bar.update(q.get())
-    bar.close()
-    wall = time.perf_counter() - t0
-    doc = aggregate(results, methods, target, target_fraction, n_boot)
-    doc["wall_s_total"] = wall
-    doc["seeds"] = seeds
-    doc["command"] = command
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot_curves(doc, out / "curves.png")
-    write_report(doc, out / "report.md", command, seeds, wall)
-    return doc
-
-
-def _terminate(pool: ProcessPoolExecutor) -> None:
-    """Stop every worker of ``pool`` now (the executor has no public way before Python 3.14)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    for p in procs:
-        p.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        p.join(timeout=10)
-
-
-class _BarQueue:
-    """Progress sink for the single-process path."""
-
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def put(self, n: int) -> None:
-        self.bar.update(n)

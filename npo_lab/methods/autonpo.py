@@ -1,23 +1,36 @@
-"""AutoNPO's state: when to intervene (online triggers) and which prompts to score candidates on.
+"""AutoNPO (arXiv 2604.20733): NPO whose interventions are triggered online and whose Delta maximises
+Q-hat / V-hat.
 
-Two small objects, unit-testable on synthetic curves without a model (like verl's AdaptiveKLController):
+Three parts, each testable alone (the first two on synthetic curves, without a model, like verl's
+AdaptiveKLController):
 
-* :class:`MistakePool`: a bounded pool of recently failed prompts (on-policy group accuracy below the gate).
-* :class:`AutoNPOController`: reads the on-policy reward and the policy entropy of every step and says when
-  to look ahead: early bootstrap (accuracy below a floor), reward stagnation (slope of the smoothed reward
-  over a window below a threshold), entropy collapse (below a floor or a fraction of its early value), with
-  a cooldown between interventions.
+* :class:`MistakePool`: a bounded pool of recently failed prompts (on-policy group accuracy below the gate);
+* :class:`AutoNPOController`: reads the on-policy reward and the policy entropy of every step and says when to
+  look ahead: early bootstrap (accuracy below a floor), reward stagnation (slope of the smoothed reward over a
+  window below a threshold), entropy collapse (below a floor or a fraction of its early value), with a cooldown
+  between interventions;
+* :class:`AutoNPO`, the method: at a trigger, one look-ahead run of max(candidates) steps keeps pi_{t+Delta} for
+  every candidate; after the rollback each candidate samples ``q_samples`` rows on the most recent mistake-pool
+  prompts; Delta* = argmax Q-hat / V-hat (:func:`npo_lab.core.signal.choose_delta`) guides the next ``cooldown``
+  steps with NPO's gate and slots. Every decision is an event.
 
-The paper (arXiv 2604.20733) names these signals; every threshold is an ``AutoNPOConfig`` field marked as
-an assumption. The choice of Delta (argmax Q-hat / V-hat) is :func:`npo_lab.core.qvs.choose_delta`.
+The paper names the signals; every threshold is an ``AutoNPOConfig`` field marked as an assumption.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
-from npo_lab.config import AutoNPOConfig
+from npo_lab.config import AutoNPOConfig, GRPOConfig, MethodConfigs, NPOConfig
+from npo_lab.core.signal import choose_delta
+from npo_lab.methods.base import failing_groups
+from npo_lab.methods.npo import NPO
+from npo_lab.train.method import LookaheadRequest, StepOutcome
+from npo_lab.train.probe import measure_sources
+from npo_lab.train.rollback import LookaheadResult
+from npo_lab.train.state import TrainState
 
 
 class MistakePool:
@@ -174,3 +187,115 @@ class AutoNPOController:
         self.since_last = d["since_last"]
         self.count = d["count"]
         self.last = dict(d.get("last", {}))
+
+
+class AutoNPO(NPO):
+    """AutoNPO: NPO's guided steps, with interventions triggered online and Delta* = argmax Q-hat / V-hat."""
+
+    name = "autonpo"
+
+    def __init__(self, auto: AutoNPOConfig, cfg: NPOConfig, total_steps: int, correct_threshold: float = 0.5) -> None:
+        super().__init__(cfg, total_steps, correct_threshold)
+        self.schedule = []
+        self.auto = auto
+        self.controller = AutoNPOController(auto)
+        self.pool = MistakePool(auto.pool_size, auto.pool_refresh)
+        self.chosen: list[int] = []
+        self._trigger: tuple[str, list[int]] | None = None  # this step's reason and pool prompts, until scored
+
+    @classmethod
+    def from_configs(cls, cfgs: MethodConfigs, *, total_steps: int, grpo: GRPOConfig, **_: Any) -> AutoNPO:
+        return cls(cfgs.autonpo, cfgs.npo, total_steps, grpo.correct_threshold)
+
+    def metrics(self, state: TrainState) -> dict[str, float]:
+        c = self.controller
+        return {
+            "autonpo/pool_size": float(len(self.pool)),
+            "autonpo/reward_slope": c.reward_slope(),
+            # the two signals the triggers read, as the controller sees them
+            "autonpo/smoothed_reward": c.smoothed[-1] if c.smoothed else float("nan"),
+            "autonpo/entropy_ema": c.entropy_ema if c.entropy_ema is not None else float("nan"),
+        }
+
+    def wants_lookahead(self, state: TrainState) -> LookaheadRequest | None:
+        t = state.step
+        reason = self.controller.trigger(t)
+        if reason is None:
+            return None
+        prompts = self.pool.prompts(self.auto.q_prompts)
+        if not prompts:
+            self.event(step=t, kind="skipped", reason=reason, why="the mistake pool is empty")
+            self.controller.record(t, counted=False)  # wait a cooldown before asking again
+            return None
+        self._trigger = (reason, prompts)
+        return LookaheadRequest(self.auto.candidates, self.cfg.restore_optimizer)
+
+    def use_lookahead(self, state: TrainState, result: LookaheadResult) -> dict[str, float]:
+        assert self._trigger is not None, "use_lookahead without a trigger"
+        (reason, prompts), self._trigger = self._trigger, None
+        t, t0 = state.step, time.perf_counter()
+        # scored after the rollback: the backend's current weights are pi_t again
+        scores = measure_sources(
+            state.backend,
+            prompts,
+            result.checkpoints,
+            k=self.auto.q_samples,
+            correct_threshold=self.thr,
+            estimator=self.auto.v_estimator,
+            floor=self.auto.v_floor,
+            max_grad_rows=self.auto.max_grad_rows,
+        )
+        deltas = sorted(scores)
+        best, s = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])
+        seconds = result.seconds + time.perf_counter() - t0  # look-ahead + scoring every candidate
+        scoring_rows = len(prompts) * self.auto.q_samples * len(deltas)
+        self.controller.record(t)
+        self.event(
+            step=t,
+            kind="intervention",
+            reason=reason,
+            pool=len(prompts),
+            reward_slope=self.controller.reward_slope(),
+            candidates={d: scores[d] for d in deltas},
+            delta=best,
+            scoring_rows=scoring_rows,
+            seconds=seconds,
+        )
+        if best is not None:
+            self.chosen.append(best)
+            self._open_window(t, result.checkpoints[best], t + self.auto.cooldown)
+        nan = float("nan")
+        return {
+            "autonpo/triggered": 1.0,
+            "autonpo/reason_" + reason: 1.0,
+            "autonpo/delta": float(best) if best is not None else nan,
+            "autonpo/q_hat": scores[best]["q"] if best is not None else nan,
+            "autonpo/v_hat": scores[best]["v"] if best is not None else nan,
+            "autonpo/s_hat": max((x for x in s if x == x), default=nan),
+            "autonpo/scoring_rows": float(scoring_rows),
+        }
+
+    def after_step(self, state: TrainState, outcome: StepOutcome) -> None:
+        # group accuracy of the full on-policy group, before a guide replaced one of its rows
+        acc, _ = failing_groups(outcome.rollout, self.cfg.gate, self.thr)
+        self.pool.update(acc, self.cfg.gate)
+        ent = None
+        batch, entropy = outcome.batch, outcome.entropy
+        if entropy is not None:  # mean token entropy of the policy on its own (on-policy) rows
+            on = (~batch.is_guide).unsqueeze(-1).float() * batch.mask  # (B, T)
+            ent = ((entropy * on).sum() / on.sum().clamp(min=1.0)).item()
+        self.controller.observe(state.step - 1, outcome.metrics["reward/on_policy_mean"], ent)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "controller": self.controller.state_dict(),
+            "pool": self.pool.state_dict(),
+            "chosen": list(self.chosen),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.controller.load_state_dict(d["controller"])
+        self.pool.load_state_dict(d["pool"])
+        self.chosen = list(d["chosen"])

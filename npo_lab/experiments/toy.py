@@ -14,7 +14,7 @@ correct answers (several valid trajectories for one problem). The success probab
 and the expected reward is J(theta) = mean over x of p(x).
 
 Exact Q, V and S of a source policy pi_src measured against the present policy pi_t (the estimators in
-:mod:`npo_lab.core.qvs` converge to these as the number of samples grows):
+:mod:`npo_lab.core.signal` converge to these as the number of samples grows):
 
 * Failed prompts: F_t = {x : p_t(x) < gate}, with gate = 0.6 by default (NPO's gate).
 * Q(src) = mean over x in F_t of 1 - (1 - p_src(x))^k. This is the probability that k samples from the source
@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from npo_lab.backend import Checkpoint
 from npo_lab.batch import RolloutBatch
-from npo_lab.core.qvs import V_ESTIMATORS, choose_delta, s_hat
+from npo_lab.core.signal import V_ESTIMATORS, choose_delta, s_hat
 
 DEFAULT_GATE = 0.6
 """NPO's gate: a prompt counts as failed when its success probability is below this."""
@@ -299,7 +299,7 @@ class QVSCurve:
 
     @property
     def best_delta(self) -> int | None:
-        """argmax of S over ``deltas`` (ties: the smallest delta), with the rule of ``core.qvs.choose_delta``."""
+        """argmax of S over ``deltas`` (ties: the smallest delta), with the rule of ``core.signal.choose_delta``."""
         return choose_delta(self.deltas, self.q, self.v)[0]
 
 

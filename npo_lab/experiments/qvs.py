@@ -1,93 +1,36 @@
-"""Measuring Q, V and S of guide sources through the backend protocol (AutoNPO's scoring and ``npo-lab qvs``).
+"""``npo-lab qvs``: Q(Delta), V(Delta) and S(Delta) of near-future, past and teacher sources along GRPO runs.
 
-:func:`measure_sources` takes the current policy (the backend's current weights, pi_t), a set of prompts
-pi_t fails on, and any number of source checkpoints (near-future, past, an external teacher), and returns
-Q-hat, V-hat and S-hat of each with the estimators of :mod:`npo_lab.core.qvs`.
+At chosen steps of a plain GRPO run, every source (pi_{t+Delta} from one look-ahead, past checkpoints of the same
+run, the backend's external teacher) is probed on the prompts pi_t fails (:func:`npo_lab.train.probe.measure_sources`)
+and the whole measurement is rolled back, so the run is the one it would have been. Summaries over seeds with
+bootstrap CIs go to qvs.json, qvs.md and qvs.png.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import json
+import multiprocessing as mp
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from npo_lab.backend import Backend, Checkpoint
-from npo_lab.batch import RolloutBatch
-from npo_lab.core.guidance import group_accuracy
-from npo_lab.core.qvs import CHEAP_V_ESTIMATORS, q_hat, s_hat, v_hat
+from npo_lab.backend import Checkpoint
+from npo_lab.config import GRPOConfig
+from npo_lab.experiments.stats import bootstrap_ci
+from npo_lab.train.probe import failed_prompts, measure_sources
+from npo_lab.train.rollback import lookahead, restore, snapshot
+from npo_lab.train.state import TrainState, make_state
+from npo_lab.train.step import grpo_step
+from npo_lab.utils import seed_everything
 
 
-def failed_prompts(
-    backend: Backend, prompts: Sequence[int], k: int, gate: float, correct_threshold: float = 0.5
-) -> tuple[list[int], float]:
-    """Prompts whose k-sample group under the current weights has accuracy below ``gate``, and the mean
-    accuracy over all ``prompts``."""
-    b = backend.rollout(list(prompts), k)
-    acc = group_accuracy(b.rewards, b.group_ids, correct_threshold)
-    return [p for p in prompts if acc[int(p)] < gate], sum(acc.values()) / max(len(acc), 1)
-
-
-def _grad_norms(backend: Backend, rows: RolloutBatch, max_rows: int) -> torch.Tensor:
-    """Per-row norm of grad log pi_t(y) under the current weights (one backward pass per row)."""
-    params = [p for p in backend.parameters() if p.requires_grad]
-    norms = []
-    for i in range(min(rows.size, max_rows)):
-        row = rows.select([i])
-        logp, _ = backend.logprobs(row)
-        grads = torch.autograd.grad((logp * row.mask).sum(), params, allow_unused=True)
-        norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-    return torch.stack(norms) if norms else torch.zeros(0)
-
-
-def measure_sources(
-    backend: Backend,
-    prompts: Sequence[int],
-    sources: dict[Any, Checkpoint],
-    *,
-    k: int = 8,
-    correct_threshold: float = 0.5,
-    estimator: str = "is_variance",
-    floor: float = 1.0,
-    max_grad_rows: int = 32,
-) -> dict[Any, dict[str, float]]:
-    """Q-hat, V-hat and S-hat of every source on ``prompts`` (prompts the current policy fails on).
-
-    For each source: k samples per prompt; Q-hat = fraction of prompts with a verified-correct sample;
-    V-hat from the verified-correct samples' per-token weights pi_t / pi_src, with pi_t the backend's current
-    weights and pi_src the sampling log-probs the backend recorded (``behavior_logprobs``).
-
-    Returns ``{source key: {"q", "v", "s", "correct_rows", "v_<name>", "s_<name>"}}``: ``v``/``s`` use
-    ``estimator``; ``v_<name>``/``s_<name>`` every estimator that needs no backward pass, for comparison.
-    """
-    out: dict[Any, dict[str, float]] = {}
-    nan = float("nan")
-    for key, ckpt in sources.items():
-        if not prompts:
-            out[key] = {"q": nan, "v": nan, "s": nan, "correct_rows": 0.0}
-            out[key].update({f"{p}_{e}": nan for e in CHEAP_V_ESTIMATORS for p in "vs"})
-            continue
-        rows = backend.rollout(list(prompts), k, policy=ckpt)
-        q = q_hat(rows.rewards, rows.group_ids, prompts, correct_threshold)
-        correct = rows.select(torch.nonzero(rows.rewards > correct_threshold).squeeze(-1)).trim()
-        vs = dict.fromkeys(CHEAP_V_ESTIMATORS, nan)
-        if correct.size:
-            with torch.no_grad():
-                logp_t, _ = backend.logprobs(correct)  # (B, T) under pi_t
-            for e in CHEAP_V_ESTIMATORS:
-                vs[e] = v_hat(logp_t, correct.behavior_logprobs, correct.mask, estimator=e, floor=floor)
-            if estimator == "grad_norm":
-                norms = _grad_norms(backend, correct, max_grad_rows)
-                vs["grad_norm"] = v_hat(estimator="grad_norm", floor=floor, grad_norms=norms)
-        v = vs.get(estimator, nan)
-
-        out[key] = {"q": q, "v": v, "s": s_hat(q, v), "correct_rows": float(correct.size)}
-        out[key].update({f"v_{e}": vs[e] for e in CHEAP_V_ESTIMATORS})
-        out[key].update({f"s_{e}": s_hat(q, vs[e]) for e in CHEAP_V_ESTIMATORS})
-    return out
-
-
-# ---- npo-lab qvs: Q(Delta), V(Delta), S(Delta) along a GRPO run ------------------------------------------
 def source_label(key: Any) -> str:
     """``+10`` (near future), ``-10`` (past checkpoint: replay), ``teacher``."""
     return key if isinstance(key, str) else f"{key:+d}"
@@ -96,7 +39,7 @@ def source_label(key: Any) -> str:
 def qvs_along_run(
     make_backend: Any,
     seed: int,
-    grpo: Any,
+    grpo: GRPOConfig,
     steps: int,
     at: Sequence[int],
     deltas: Sequence[int],
@@ -112,13 +55,6 @@ def qvs_along_run(
     """Build the backend of ``seed`` and run :func:`measure_along_run` on a plain GRPO run (``npo-lab qvs``).
 
     The probe set is ``probe`` prompt ids drawn with the seed; the teacher is the backend's ``teacher()``."""
-    import random
-
-    import torch
-
-    from npo_lab.trainer import make_state
-    from npo_lab.utils import seed_everything
-
     torch.set_num_threads(threads)
     seed_everything(seed)
     backend = make_backend(seed)
@@ -144,8 +80,8 @@ def qvs_along_run(
 
 
 def measure_along_run(
-    state: Any,
-    grpo: Any,
+    state: TrainState,
+    grpo: GRPOConfig,
     steps: int,
     at: Sequence[int],
     deltas: Sequence[int],
@@ -166,9 +102,6 @@ def measure_along_run(
 
     Returns one record per (step, source): ``{"step", "source", "delta", "q", "v", "s", "failed", ...}``.
     """
-    from npo_lab.npo import lookahead, restore, snapshot
-    from npo_lab.trainer import grpo_step
-
     future = sorted(d for d in deltas if d > 0)
     past = sorted(-d for d in deltas if d < 0)
     saved: dict[int, Checkpoint] = {}
@@ -218,8 +151,6 @@ def measure_along_run(
 
 def summarize_qvs(records: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, Any]:
     """Median and bootstrap 95% CI over seeds of Q, V and S for every (step, source)."""
-    from npo_lab.stats import bootstrap_ci
-
     out: dict[str, Any] = {}
     keys = sorted({(r["step"], r["source"]) for r in records}, key=lambda x: (x[0], _order(x[1])))
     for step, src in keys:
@@ -245,7 +176,6 @@ def plot_qvs(summary: dict[str, Any], path: Any) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -304,3 +234,65 @@ def plot_qvs(summary: dict[str, Any], path: Any) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def measure_qvs(
+    make_backend: Callable[[int], Any],
+    seeds: list[int],
+    grpo: GRPOConfig,
+    *,
+    workers: int = 0,
+    command: str = "",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`qvs_along_run` for every seed (``workers`` processes, one seed each at a time; 0 = min(seeds, CPU
+    cores, 2)) and the summary over seeds; ``kwargs`` go to :func:`qvs_along_run`. Returns the qvs.json document."""
+    workers = workers or min(len(seeds), os.cpu_count() or 1, 2)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    job = functools.partial(qvs_along_run, make_backend, grpo=grpo, threads=threads, **kwargs)
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    if workers == 1:
+        for s in seeds:
+            records += job(s)
+    else:
+        pool = mp.get_context("spawn").Pool(workers)  # no fork after torch has started threads
+        try:
+            for recs in pool.imap(job, seeds):
+                records += recs
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    return {
+        "command": command,
+        "seeds": seeds,
+        "wall_s": time.perf_counter() - t0,
+        "summary": summarize_qvs(records),
+        "records": records,
+    }
+
+
+def write_report(doc: dict[str, Any], out: Path) -> str:
+    """qvs.json, qvs.png and qvs.md in ``out`` from the records of every seed; returns the markdown."""
+    summary = doc["summary"]
+    (out / "qvs.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot_qvs(summary, out / "qvs.png")
+    lines = [
+        "# npo-lab qvs",
+        "",
+        f"Seeds {doc['seeds']}; medians over seeds [95% bootstrap CI].",
+        "",
+        "| step | source | Q | V | S |",
+        "|---|---|---|---|---|",
+    ]
+    for step, sources in summary.items():
+        for src, e in sources.items():
+            cells = [f"{e[m]['median']:.3f} [{e[m]['ci95'][0]:.3f}, {e[m]['ci95'][1]:.3f}]" for m in ("q", "v", "s")]
+            lines.append(f"| {step} | {src} | " + " | ".join(cells) + " |")
+    lines += ["", "![qvs](qvs.png)", "", "Reproduce:", "", "```bash", doc["command"], "```", ""]
+    text = "\n".join(lines)
+    (out / "qvs.md").write_text(text)
+    return text
