@@ -139,3 +139,17 @@ def test_the_checks_catch_a_violation(tmp_path):
     assert deps == [("npo_lab.cli", 2)] and layer_of("npo_lab.cli") not in ALLOWED["train"]
     circle = {**GRAPH, "npo_lab.train.step": [*GRAPH["npo_lab.train.step"], ("npo_lab.train.loop", 1)]}
     assert ["npo_lab.train.loop", "npo_lab.train.step"] in find_cycles(circle)
+
+
+def test_every_package_is_installed():
+    """pyproject lists every package of the tree explicitly (the package-dir mapping needs it): a folder missing from
+    the list would be absent from a wheel, though an editable install would hide it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for pkg, folder in PACKAGES.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder).parts
+            found.add(".".join([pkg, *rel]))
+    assert found == listed, (sorted(found - listed), sorted(listed - found))
