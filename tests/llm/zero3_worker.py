@@ -89,7 +89,7 @@ def main(out: str, strategy: str, dtype: str) -> None:
     moved = not equal(full(be), snap_w)
     restore(state, snap)
     rollback_exact = equal(full(be), snap_w) and torch.equal(lp(be, batch), snap_lp)
-    opt_a, opt_b = state.optimizer.state_dict(), copy.deepcopy(snap.optimizer)
+    opt_a, opt_b = state.optimizer.state_dict(), copy.deepcopy(snap["optimizer"])
     rollback_exact &= all(
         sorted(x) == sorted(y) and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
         for x, y in zip(opt_a["state"], opt_b["state"])
