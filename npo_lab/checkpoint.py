@@ -326,6 +326,20 @@ def _load_legacy(path: Path) -> dict[str, Any]:
     return doc
 
 
+def set_aside_after(root: str | Path, step: int) -> tuple[int, Path | None]:
+    """Move the checkpoints of steps after ``step`` into ``root/superseded-<time>-*/``: they belong to a trajectory
+    the run no longer follows (a resume from an earlier checkpoint, or a rollback), and a resume must not pick them.
+    Returns how many were moved, and where."""
+    root = Path(root)
+    later = [p for p in list_checkpoints(root) if int(_NAME.match(p.name).group(1)) > step]  # type: ignore[union-attr]
+    if not later:
+        return 0, None
+    aside = Path(tempfile.mkdtemp(prefix=f"superseded-{int(time.time())}-", dir=root))
+    for p in later:
+        p.rename(aside / p.name)
+    return len(later), aside
+
+
 def clean_stale(root: str | Path) -> list[Path]:
     """Remove what interrupted writes and earlier resumed processes left in ``root`` (temporary folders);
     returns them. Call it only when no other process writes to ``root``."""

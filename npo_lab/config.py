@@ -1,8 +1,9 @@
 """Typed, documented configuration for the algorithm core.
 
 Every field's docstring is its ``--help`` text. Each default says where it comes from: ``[paper]`` for a
-value the NPO paper (arXiv 2604.20733) states, the cited work for a value taken from another method, and
-``[assumption]`` for a choice this toolkit made where the paper is silent.
+value the NPO paper (arXiv 2604.20733) states, ``[paper-reading]`` for what two independent close readings of the full
+paper report (its text and code are not public; ../docs/methods.md), the cited work for a value taken from another
+method, and ``[assumption]`` for a choice this toolkit made where the paper is silent.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Literal
 
 METHODS = {
     "grpo": "plain GRPO: no guide rows",
-    "npo": "NPO: guides from the run's own near-future checkpoint (manual schedule)",
-    "autonpo": "AutoNPO: NPO with online triggers and Delta* = argmax Q-hat/V-hat on a mistake pool",
+    "npo": "NPO: look ahead Delta steps, roll back, replay the segment with the near future's cached verified rows",
+    "autonpo": "AutoNPO: at a plateau, roll back Delta* = argmax Q-hat/V-hat steps, replay with the present's answers",
     "luffy": "LUFFY: one verified-correct external-teacher row per group, shaped p/(p+0.1), unclipped",
     "exgrpo": "ExGRPO: replay of the run's own past correct rows, medium-difficulty buckets, shaped IS",
     "rlep": "RLEP: 2 correct rows per group appended from a pool decoded by a previous run's final checkpoint",
@@ -80,6 +81,13 @@ class GRPOConfig:
     """PPO clip: ratios below 1 - clip_eps_low are clipped (PPO's 0.2)."""
     clip_eps_high: float = 0.2
     """PPO clip: ratios above 1 + clip_eps_high are clipped (PPO's 0.2; DAPO uses 0.28)."""
+    dual_clip_c: float = 0.0
+    """Dual clip (Ye et al. 2020, verl's clip_ratio_c = 3): for a negative advantage the per-token loss is at most
+    -dual_clip_c * A, so one token whose ratio exploded cannot dominate; 0 switches it off, otherwise > 1.
+    [assumption: off, as before; verl turns it on with 3]"""
+    log_ratio_clamp: float = 20.0
+    """log(pi / pi_old) is clamped to +-this before exp (verl: 20), an overflow guard that never binds in ordinary
+    training; 0 = no clamp."""
     kl_coef: float = 0.0
     """Weight of the KL term to the reference (the policy at step 0); 0 disables it (DAPO, Dr. GRPO)."""
     kl_estimator: Literal["k1", "k3"] = "k3"
@@ -113,6 +121,8 @@ class GRPOConfig:
         _check(self.max_grad_norm >= 0, "grpo.max_grad_norm", self.max_grad_norm, ">= 0")
         _check(0 <= self.clip_eps_low < 1, "grpo.clip_eps_low", self.clip_eps_low, "in [0, 1)")
         _check(self.clip_eps_high >= 0, "grpo.clip_eps_high", self.clip_eps_high, ">= 0")
+        _check(self.dual_clip_c == 0 or self.dual_clip_c > 1, "grpo.dual_clip_c", self.dual_clip_c, "0 (off) or > 1")
+        _check(self.log_ratio_clamp >= 0, "grpo.log_ratio_clamp", self.log_ratio_clamp, ">= 0 (0: no clamp)")
         _check(self.kl_coef >= 0, "grpo.kl_coef", self.kl_coef, ">= 0")
         _check(self.norm_constant >= 0, "grpo.norm_constant", self.norm_constant, ">= 0")
         _check_choices(self, "grpo")
@@ -142,37 +152,61 @@ class GRPOConfig:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
+GuideLoss = Literal["behavior_clipped", "on_policy", "shaped", "importance", "shaped_is"]
+"""How guide rows enter the loss (npo_lab.core.losses.GUIDE_TREATMENTS; docs/algorithm.md, "Guide rows...")."""
+
+
 @dataclass
 class NPOConfig:
-    """Near-Future Policy Optimization: look ahead, keep pi_{t+delta}, roll back, guide failing groups."""
+    """Near-Future Policy Optimization: look ahead Delta steps, keep pi_{t+Delta}, roll back, and replay the segment
+    with pi_{t+Delta}'s verified-correct rows in the failing groups."""
 
     delta: int = 20
-    """Look-ahead distance: plain GRPO steps trained ahead to get the near-future checkpoint. [assumption]"""
+    """Look-ahead distance: plain GRPO steps trained ahead to get the near-future checkpoint. [assumption; the paper
+    measures S(Delta) peaking near 20 steps from the base policy of Qwen3-VL-8B, near 70 mid-training]"""
     gate: float = 0.6
-    """A prompt is guided when its on-policy group accuracy is strictly below this. [paper: 0.6; 'strictly' assumed]"""
+    """A prompt is guided when its on-policy group accuracy p-hat is at most this (npo.gate_op). [paper: 0.6]"""
+    gate_op: Literal["le", "lt"] = "le"
+    """le: guided when p-hat <= gate [paper-reading]; lt: when p-hat < gate (the first author's public verl fork).
+    The two differ only when a group accuracy can equal the gate (G = 5 and 0.6, not G = 8)."""
     guide_slots: int = 1
     """k, on-policy slots replaced by verified-correct guide rows in each gated group. [paper: 1]"""
+    guide_source: Literal["cache", "online"] = "cache"
+    """cache: at an intervention pi_{t+Delta} samples guide_samples answers for every prompt of the guided segment
+    (the replay sees the same prompts) and one verified-correct row per prompt is kept; the guided steps read it
+    [paper-reading]. online: pi_{t+Delta} samples guide_samples rows for each gated prompt as it comes, every step
+    (this toolkit's earlier reading)."""
     guide_samples: int = 8
-    """Samples drawn from pi_{t+delta} per gated prompt to find a verified-correct one. [assumption: one group's
-    worth (G = 8); more samples raise the guide's quality Q at the price of guide rollouts]"""
+    """Samples drawn from pi_{t+Delta} per prompt to find a verified-correct one. [assumption: one group's worth (G =
+    8); more samples raise the guide's quality Q at the price of guide rollouts]"""
     slot: Literal["last", "incorrect_first"] = "last"
-    """Which slot a guide replaces: last (a uniformly random slot, rows are i.i.d.) or incorrect_first. [assumption]"""
-    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "on_policy"
-    """Guide rows in the loss: on_policy (ordinary clipped ratio vs recomputed old log-probs: the reading of
-    'the RL objective remains unchanged' [assumption]), shaped (LUFFY p/(p+gamma)), importance (pi/pi_behaviour,
+    """Which slot a guide replaces: last [paper-reading: the n-th slot; rows are i.i.d., so a uniformly random one]
+    or incorrect_first [assumption]."""
+    guide_loss: GuideLoss = "behavior_clipped"
+    """Guide rows in the loss: behavior_clipped (the clipped ratio pi_theta / pi_{t+Delta}, the paper's objective
+    [paper-reading]), on_policy (the clipped ratio against the recomputed old log-probs: the paper's ablation finds it
+    about as good, and the authors' code does it), shaped (LUFFY p/(p+gamma)), importance (pi/pi_behaviour,
     truncated), shaped_is (ExGRPO w/(w+gamma), w = pi/pi_behaviour)."""
     shaping_gamma: float = 0.1
     """gamma of the shaped guide loss f(p) = p / (p + gamma) (LUFFY: 0.1)."""
     is_cap: float = 2.0
     """Truncation of the importance ratio for guide_loss=importance. [assumption]"""
     interventions: tuple[int, ...] = (0, 100)
-    """Steps at which NPO looks ahead: 0 is the early bootstrap, a later step the plateau breakthrough.
-    [assumption: the paper does not give the steps]"""
+    """Steps at which NPO looks ahead: 0 is the early bootstrap (a scout run of delta steps from the start weights,
+    then a restart from them), a later step the plateau breakthrough (train on to t + delta, roll back to t). [paper:
+    both interventions; assumption: the steps, which the paper does not give]"""
     every: int = 0
     """If > 0, also intervene every this many steps after the last listed intervention. [assumption]"""
+    when: Literal["schedule", "plateau"] = "schedule"
+    """schedule: intervene at npo.interventions (and npo.every); plateau: intervene at the first listed step if it is
+    0 (the early bootstrap), then whenever the reward plateaus, detected online by the stagnation test of the autonpo
+    section (autonpo.window, smoothing, stagnation_slope, cooldown), at most len(npo.interventions) times in all.
+    [assumption: the paper places its plateau intervention by eye]"""
+    window: Literal["segment", "until_next"] = "segment"
+    """Which steps are guided after an intervention at t: segment, the replayed segment [t, t + delta) [paper-reading];
+    until_next, until the next intervention or the end of training (this toolkit's earlier reading)."""
     guidance_window: int = 0
-    """Steps the guide checkpoint is used after an intervention; 0 = until the next intervention or the end
-    of training. [assumption: the paper does not say]"""
+    """If > 0, guidance also stops after at most this many steps, whatever npo.window says. [assumption]"""
     restore_optimizer: bool = True
     """Restore the optimizer state on rollback (exact rollback). [assumption: the paper does not say]"""
 
@@ -188,9 +222,20 @@ class NPOConfig:
         _check(all(s >= 0 for s in self.interventions), "npo.interventions", self.interventions, "steps >= 0")
         _check(self.every >= 0, "npo.every", self.every, ">= 0")
         _check(self.guidance_window >= 0, "npo.guidance_window", self.guidance_window, ">= 0")
+        if self.when == "plateau":
+            _check(self.every == 0, "npo.every", self.every, "0 with npo.when='plateau' (the plateau test decides)")
+        if self.guide_source == "cache":
+            _check(
+                self.guide_slots == 1,
+                "npo.guide_slots",
+                self.guide_slots,
+                "1 with npo.guide_source='cache' (the cache keeps one verified row per prompt)",
+            )
 
     def intervention_steps(self, total_steps: int) -> list[int]:
-        """The sorted intervention steps below ``total_steps``."""
+        """The sorted scheduled intervention steps below ``total_steps`` (``when='plateau'``: step 0 if listed)."""
+        if self.when == "plateau":
+            return [0] if 0 in self.interventions and total_steps > 0 else []
         steps = set(s for s in self.interventions if s < total_steps)
         if self.every > 0:
             start = max(self.interventions, default=0) + self.every
@@ -200,56 +245,92 @@ class NPOConfig:
 
 @dataclass
 class AutoNPOConfig:
-    """AutoNPO: when to look ahead (online triggers) and how far (Delta* = argmax Q-hat/V-hat on a mistake pool).
+    """AutoNPO: when to intervene (online signals), and how far (Delta* = argmax Q-hat/V-hat on a mistake pool).
 
-    The guided steps use npo.gate, npo.guide_slots, npo.guide_samples, npo.slot and npo.guide_loss. Every
-    threshold here is an [assumption]: the paper names the signals (reward stagnation, entropy collapse, a
-    mistake pool, empirical S maximisation) but not their values."""
+    mode=retrospective (the paper's, [paper-reading]): the present teaches its past. When the smoothed reward stagnates
+    while the entropy keeps falling, the current policy pi_t probes the mistake pool; Delta* maximises Q-hat(Delta) /
+    V-hat(Delta) over the saved distances; pi_t's verified answers to the pool slice Delta* are cached; training rolls
+    back to t - Delta* exactly and replays that segment, guiding mistake-pool prompts only.
+    mode=lookahead (this toolkit's earlier reading): at a trigger, look ahead max(candidates) steps, score each
+    candidate checkpoint, guide from the best for `cooldown` steps.
 
+    The guided steps use npo.gate, npo.gate_op, npo.slot and npo.guide_loss (lookahead mode also npo.guide_samples
+    and npo.guide_source). The paper names the signals; every threshold here is an [assumption]."""
+
+    mode: Literal["retrospective", "lookahead"] = "retrospective"
+    """retrospective: roll back Delta* steps and replay with the present's answers [paper-reading]; lookahead: train
+    ahead and guide from the best near-future checkpoint (the earlier reading, kept for comparison)."""
     candidates: tuple[int, ...] = (5, 10, 20, 40)
-    """Candidate look-ahead distances; one look-ahead run of max(candidates) steps keeps a checkpoint at each.
-    [assumption]"""
+    """The candidate distances Delta. retrospective: how far back a rollback may go (a snapshot of the run is kept
+    every autonpo.snapshot_every steps, so each Delta is a multiple of it); lookahead: look-ahead distances (one
+    look-ahead of max(candidates) steps keeps a checkpoint at each). [assumption]"""
+    snapshot_every: int = 5
+    """retrospective: keep a snapshot of the whole training state every this many steps, for max(candidates) steps;
+    a trigger is only tested at those steps. [assumption]"""
+    slice: Literal["band", "since"] = "band"
+    """retrospective: the pool slice B_Delta of a candidate: band, the prompts that failed in [t - Delta, t -
+    Delta_prev) (the next shorter candidate; 'the slice that failed around t - Delta' [paper-reading]); since, those
+    that failed in [t - Delta, t). [assumption: the slice's width]"""
     window: int = 40
-    """Steps of history the stagnation and collapse triggers read. [assumption]"""
+    """Steps of history the triggers read. [assumption]"""
     smoothing: float = 0.1
-    """EMA weight of the newest reward in the smoothed reward curve. [assumption]"""
+    """EMA weight of the newest reward (and entropy) in the smoothed curves. [assumption]"""
     stagnation_slope: float = 5e-4
     """Stagnation: the least-squares slope of the smoothed reward over the last `window` steps is below this
     (reward units per step). [assumption: about the slope noise of a flat curve at batch 128]"""
+    entropy_slope: float = 0.0
+    """retrospective: the entropy 'keeps falling' when the slope of its EMA over the last `window` steps is below
+    this (nats per step). [assumption]"""
     entropy_floor: float = 0.0
-    """Entropy collapse: mean token entropy below this absolute floor (0 disables the absolute test)."""
+    """lookahead: entropy collapse when the mean token entropy is below this floor (0 disables the test)."""
     entropy_fraction: float = 0.5
-    """Entropy collapse: mean token entropy below this fraction of its early value (the mean over the first
-    `window` steps); 0 disables the relative test. [assumption]"""
+    """lookahead: entropy collapse when the mean token entropy is below this fraction of its early value (the mean
+    over the first `window` steps); 0 disables the relative test. [assumption]"""
     bootstrap_floor: float = 0.2
-    """Early bootstrap: the on-policy batch accuracy is below this. [assumption]"""
+    """lookahead: early bootstrap when the on-policy batch accuracy is below this. [assumption]"""
     bootstrap_until: int = 50
-    """The bootstrap trigger only fires before this step. [assumption]"""
+    """lookahead: the bootstrap trigger only fires before this step. [assumption]"""
     cooldown: int = 60
-    """Steps after an intervention during which no trigger fires (also the guidance window). [assumption]"""
+    """Steps after a trigger during which no trigger fires (lookahead: also the guidance window). [assumption]"""
     max_interventions: int = 4
     """At most this many interventions per run; 0 means no limit. [assumption]"""
     pool_size: int = 256
     """Mistake pool capacity (prompts). [assumption]"""
     pool_refresh: Literal["fifo", "solved"] = "solved"
-    """Mistake-pool refresh rule: fifo (a failed prompt enters at the front, the oldest falls out when full) or
-    solved (the same, and a prompt leaves as soon as a later on-policy group reaches the gate). [assumption]"""
+    """Mistake-pool refresh rule: fifo (a failed prompt enters at the front with the step it failed at, the oldest
+    falls out when full) or solved (the same, and a prompt leaves as soon as a later on-policy group reaches the
+    gate). [assumption]"""
     q_samples: int = 8
-    """k, samples per mistake-pool prompt when estimating Q-hat of a candidate checkpoint. [assumption: G]"""
+    """k, samples per mistake-pool prompt: of pi_t in the confirmation probe (retrospective) or of each candidate
+    checkpoint (lookahead). [assumption: G]"""
     q_prompts: int = 128
-    """At most this many mistake-pool prompts (the most recent) are scored per intervention. [assumption]"""
-    v_estimator: Literal["is_variance", "chi2", "log_ratio", "grad_norm"] = "is_variance"
-    """V-hat: is_variance (1 + Var of per-token w = pi_t/pi_src on the candidate's verified-correct rows), chi2
-    (1 + mean w^2 - 1), log_ratio (1 + mean (log w)^2), grad_norm (1 + Var of per-row |grad log pi_t|).
-    [assumption: the paper's 'variance cost from importance weighting'; see docs/algorithm.md]"""
+    """At most this many mistake-pool prompts (the most recent) are probed per trigger. [assumption]"""
+    v_estimator: Literal["auto", "kl_exp", "is_variance", "chi2", "log_ratio", "grad_norm"] = "auto"
+    """V-hat: kl_exp (exp(kl_beta * mean per-token KL between the two policies), the paper's form [paper-reading]),
+    is_variance (1 + Var of per-token w = pi_t/pi_src on verified-correct rows), chi2 (1 + mean w^2 - 1), log_ratio
+    (1 + mean (log w)^2), grad_norm (1 + Var of per-row |grad log pi_t|; lookahead only); auto: kl_exp in
+    retrospective mode, is_variance in lookahead mode (as before). docs/algorithm.md has each."""
+    kl_beta: float = 1.0
+    """beta of V-hat = exp(beta * KL) (v_estimator=kl_exp). [assumption: the paper's constant is not reported]"""
     v_floor: float = 1.0
-    """The on-policy variance cost added to every V-hat (E[w^2] = 1 for on-policy rows). [assumption]"""
+    """The on-policy variance cost added to V-hat by the importance-weight estimators (E[w^2] = 1 on-policy)."""
     max_grad_rows: int = 32
     """v_estimator=grad_norm: at most this many rows get a per-row backward pass."""
 
     def __post_init__(self) -> None:
         self.candidates = tuple(sorted(set(int(d) for d in self.candidates)))
         _check(bool(self.candidates) and self.candidates[0] >= 1, "autonpo.candidates", self.candidates, "Deltas >= 1")
+        _check(self.snapshot_every >= 1, "autonpo.snapshot_every", self.snapshot_every, ">= 1")
+        if self.mode == "retrospective":
+            _check(
+                all(d % self.snapshot_every == 0 for d in self.candidates),
+                "autonpo.candidates",
+                self.candidates,
+                f"multiples of autonpo.snapshot_every={self.snapshot_every} in retrospective mode (a rollback "
+                "returns to a saved snapshot)",
+            )
+            _check(self.v_estimator != "grad_norm", "autonpo.v_estimator", self.v_estimator, "not grad_norm in "
+                   "retrospective mode (the probe has no source checkpoint to differentiate)")  # fmt: skip
         _check(self.window >= 2, "autonpo.window", self.window, ">= 2")
         _check(0 < self.smoothing <= 1, "autonpo.smoothing", self.smoothing, "in (0, 1]")
         _check(self.entropy_floor >= 0, "autonpo.entropy_floor", self.entropy_floor, ">= 0")
@@ -261,9 +342,17 @@ class AutoNPOConfig:
         _check(self.pool_size >= 1, "autonpo.pool_size", self.pool_size, ">= 1")
         _check(self.q_samples >= 1, "autonpo.q_samples", self.q_samples, ">= 1")
         _check(self.q_prompts >= 1, "autonpo.q_prompts", self.q_prompts, ">= 1")
+        _check(self.kl_beta > 0, "autonpo.kl_beta", self.kl_beta, "> 0")
         _check(self.v_floor > 0, "autonpo.v_floor", self.v_floor, "> 0")
         _check(self.max_grad_rows >= 2, "autonpo.max_grad_rows", self.max_grad_rows, ">= 2")
         _check_choices(self, "autonpo")
+
+    @property
+    def v(self) -> str:
+        """The V-hat estimator in use (``auto`` resolved by the mode)."""
+        if self.v_estimator != "auto":
+            return self.v_estimator
+        return "kl_exp" if self.mode == "retrospective" else "is_variance"
 
 
 @dataclass
@@ -278,10 +367,14 @@ class LuffyConfig:
     teacher_samples: int = 4
     """Teacher samples per prompt to find a verified-correct one (LUFFY uses stored verified traces).
     [assumption]"""
-    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "shaped"
+    guide_loss: GuideLoss = "shaped"
     """Teacher rows in the loss (LUFFY: shaped, f(p) = p / (p + 0.1), pi_teacher taken as 1, no clip)."""
     shaping_gamma: float = 0.1
     """gamma of the shaping (LUFFY: 0.1)."""
+    recipe: Literal["shared", "paper"] = "shared"
+    """shared: the GRPO step every method of a comparison shares (grpo.*); paper: the published training script's
+    own step for this method: advantages without the std (Dr. GRPO), the loss summed over tokens and divided by a
+    constant (sum_norm), an entropy bonus of 0.001 (LUFFY's exp_scripts/train.sh). See npo_lab.config.method_grpo."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.gate <= 1.0, "luffy.gate", self.gate, "in [0, 1]")
@@ -304,12 +397,16 @@ class ExGRPOConfig:
     sigma^2)), favouring medium difficulty (ExGRPO: mean G/2, sigma 1)."""
     selection: Literal["min_entropy", "latest", "random"] = "min_entropy"
     """Which stored correct row of a prompt is replayed (ExGRPO: the lowest-entropy one)."""
-    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "shaped_is"
+    guide_loss: GuideLoss = "shaped_is"
     """Replayed rows in the loss (ExGRPO: ratio to the recorded log-probs, shaped w / (w + 0.1), no clip)."""
     shaping_gamma: float = 0.1
     """gamma of the shaping (ExGRPO: 0.1)."""
     rows_per_prompt: int = 4
     """Correct rows kept per prompt in the pool (the newest). [assumption: the paper keeps all]"""
+    recipe: Literal["shared", "paper"] = "shared"
+    """shared: the GRPO step every method of a comparison shares (grpo.*); paper: the published training script's
+    own step (ExGRPO's run_exgrpo.sh: the same settings as LUFFY's): advantages without the std (Dr. GRPO), the
+    sum_norm loss, an entropy bonus of 0.001. See npo_lab.config.method_grpo."""
 
     def __post_init__(self) -> None:
         _check(0.0 < self.experience_ratio < 1.0, "exgrpo.experience_ratio", self.experience_ratio, "in (0, 1)")
@@ -328,7 +425,7 @@ class RLEPConfig:
     """M, pool rows appended to every group (the group grows to G + M; RLEP: 2 with G = 16)."""
     decode_samples: int = 8
     """Samples per training prompt decoded from the previous run's checkpoint to build the pool. [assumption]"""
-    guide_loss: Literal["on_policy", "shaped", "importance", "shaped_is"] = "on_policy"
+    guide_loss: GuideLoss = "on_policy"
     """Replayed rows in the loss (RLEP: the ordinary ratio against recomputed old log-probs, no IS correction)."""
     source_steps: int = 0
     """Length of the previous GRPO run whose final checkpoint decodes the pool; 0 = the run's own length."""
@@ -421,8 +518,30 @@ def check_compatible(grpo: GRPOConfig, cfgs: MethodConfigs | NPOConfig, method: 
         )
 
 
-AUTONPO_IGNORES = {"delta", "interventions", "every"}
-"""NPO fields AutoNPO does not read (it picks Delta and the intervention steps itself)."""
+PAPER_RECIPES: dict[str, dict[str, object]] = {
+    # LUFFY exp_scripts/train.sh and ExGRPO run_exgrpo.sh: grpo_use_std=False, loss_remove_token_mean=True (sum over
+    # tokens / a constant length), entropy_coeff=0.001, KL off. Both also set loss_remove_clip=True, which only matters
+    # with several updates per batch (one update: the on-policy ratio is exactly 1).
+    "luffy": {"advantage": "dr_grpo", "aggregation": "sum_norm", "entropy_coef": 0.001, "kl_coef": 0.0},
+    "exgrpo": {"advantage": "dr_grpo", "aggregation": "sum_norm", "entropy_coef": 0.001, "kl_coef": 0.0},
+}
+"""The GRPO-step settings of a method's own published script (``<method>:recipe=paper``)."""
+
+
+def method_grpo(method: str, cfgs: MethodConfigs, grpo: GRPOConfig) -> GRPOConfig:
+    """The GRPO step ``method`` trains with: ``grpo`` itself, or with a ``recipe=paper`` method's own settings.
+
+    >>> method_grpo("luffy", MethodConfigs(luffy=LuffyConfig(recipe="paper")), GRPOConfig()).advantage
+    'dr_grpo'
+    """
+    section = getattr(cfgs, method, None)
+    if getattr(section, "recipe", "shared") != "paper":
+        return grpo
+    return dataclasses.replace(grpo, **PAPER_RECIPES[method])  # type: ignore[arg-type]
+
+
+AUTONPO_IGNORES = {"delta", "interventions", "every", "when", "window", "guidance_window"}
+"""NPO fields AutoNPO does not read (it picks Delta, the intervention steps and the guided window itself)."""
 
 
 def parse_method(spec: str, cfgs: MethodConfigs | NPOConfig) -> tuple[str, MethodConfigs]:

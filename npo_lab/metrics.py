@@ -6,11 +6,16 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 
 class Logger(Protocol):
+    """Receives every step's metrics. A run that rolls back (AutoNPO) takes a :meth:`mark` with each snapshot and
+    :meth:`rewind` s to it, so the log describes the trajectory the run kept."""
+
     def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def mark(self, step: int) -> Any: ...
+    def rewind(self, mark: Any) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -19,6 +24,12 @@ class NullLogger:
     """Discards everything."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def mark(self, step: int) -> Any:
+        return None
+
+    def rewind(self, mark: Any) -> None:
         pass
 
     def flush(self) -> None:
@@ -53,6 +64,13 @@ class MemoryLogger:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.rows.append((step, dict(metrics)))
+
+    def mark(self, step: int) -> int:
+        return len(self.rows)
+
+    def rewind(self, mark: int) -> None:
+        """Forget what was logged after :meth:`mark` (a rollback)."""
+        del self.rows[mark:]
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one metric, in logging order (``lookahead/*`` metrics count look-ahead steps)."""
@@ -90,6 +108,17 @@ class CSVLogger:
             v = float(metrics[k])
             self._w.writerow([step, k, repr(v) if math.isfinite(v) else str(v)])
 
+    def mark(self, step: int) -> int:
+        """The file's size now (a plain int: a checkpoint can keep it)."""
+        self._f.flush()
+        return os.fstat(self._f.fileno()).st_size
+
+    def rewind(self, mark: int) -> None:
+        """Cut the file back to :meth:`mark`: the rows of a rolled-back segment go (the replay writes them again)."""
+        self._f.flush()
+        os.ftruncate(self._f.fileno(), mark)
+        self._f.seek(0, os.SEEK_END)
+
     def flush(self) -> None:
         self._f.flush()
 
@@ -116,6 +145,18 @@ class TensorBoardLogger:
         for k, v in metrics.items():
             (self._la if k.startswith("lookahead/") else self._w).add_scalar(k, float(v), step)
 
+    def mark(self, step: int) -> int:
+        return step
+
+    def rewind(self, mark: int) -> None:
+        """TensorBoard cannot cut its files: a new writer hides every training step after ``mark`` (purge_step), as
+        a resumed run does; the look-ahead run is left as it is."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        logdir = self._w.log_dir
+        self._w.close()
+        self._w = SummaryWriter(logdir, purge_step=mark + 1)
+
     def flush(self) -> None:
         self._w.flush()
         self._la.flush()
@@ -134,6 +175,13 @@ class MultiLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         for lg in self.loggers:
             lg.log(metrics, step)
+
+    def mark(self, step: int) -> list[Any]:
+        return [lg.mark(step) for lg in self.loggers]
+
+    def rewind(self, mark: list[Any]) -> None:
+        for lg, m in zip(self.loggers, mark):
+            lg.rewind(m)
 
     def flush(self) -> None:
         for lg in self.loggers:

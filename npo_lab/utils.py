@@ -76,6 +76,18 @@ class PromptSampler:
         self.pos += k
         return out
 
+    def peek(self, steps: int, k: int) -> list[list[int]]:
+        """The prompts the next ``steps`` calls of ``next(k)`` will return, without moving the cursor (NPO's cache:
+        after a rollback the replayed segment draws exactly these).
+
+        >>> s = PromptSampler(5, seed=0); ahead = s.peek(2, 2)
+        >>> [s.next(2), s.next(2)] == ahead
+        True
+        """
+        probe = PromptSampler(self.n, self.seed)
+        probe.load_state_dict(self.state_dict())
+        return [probe.next(k) for _ in range(steps)]
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
 

@@ -37,6 +37,8 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "norm_constant": [-1.0, INF],
         "clip_eps_low": [-0.1, 1.0, NAN],
         "clip_eps_high": [-0.1, INF],
+        "dual_clip_c": [0.5, 1.0, -3.0, NAN],
+        "log_ratio_clamp": [-1.0, NAN],
         "kl_coef": [-0.1, NAN],
         "kl_estimator": ["k2"],
         "entropy_coef": [NAN, INF],
@@ -45,7 +47,9 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
     (NPOConfig, "npo"): {
         "delta": [0, -5],
         "gate": [-0.1, 1.5, NAN],
-        "guide_slots": [0],
+        "gate_op": ["<=", "ge"],
+        "guide_slots": [0, 2],  # 2: the cache (the default guide_source) keeps one row per prompt
+        "guide_source": ["teacher"],
         "guide_samples": [0],
         "slot": ["first"],
         "guide_loss": ["ppo"],
@@ -53,13 +57,19 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "is_cap": [0.0, NAN],
         "interventions": [(-1,), (0, -5)],
         "every": [-1],
+        "when": ["always"],
+        "window": ["forever"],
         "guidance_window": [-1],
     },
     (AutoNPOConfig, "autonpo"): {
-        "candidates": [(), (0, 5), (-2,)],
+        "mode": ["future"],
+        "candidates": [(), (0, 5), (-2,), (3, 10)],  # (3, 10): not multiples of snapshot_every in retrospective mode
+        "snapshot_every": [0],
+        "slice": ["all"],
         "window": [1, 0],
         "smoothing": [0.0, 1.5, NAN],
         "stagnation_slope": [NAN, INF],
+        "entropy_slope": [NAN, INF],
         "entropy_floor": [-0.1, INF],
         "entropy_fraction": [-0.1, 1.0],
         "bootstrap_floor": [-0.1, 1.1],
@@ -70,7 +80,8 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "pool_refresh": ["lru"],
         "q_samples": [0],
         "q_prompts": [0],
-        "v_estimator": ["kl"],
+        "v_estimator": ["kl", "grad_norm"],  # grad_norm: lookahead mode only
+        "kl_beta": [0.0, NAN],
         "v_floor": [0.0, NAN],
         "max_grad_rows": [1],
     },
@@ -80,6 +91,7 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "teacher_samples": [0],
         "guide_loss": ["x"],
         "shaping_gamma": [0.0, NAN],
+        "recipe": ["verl"],
     },
     (ExGRPOConfig, "exgrpo"): {
         "experience_ratio": [0.0, 1.0],
@@ -89,6 +101,7 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "guide_loss": ["x"],
         "shaping_gamma": [0.0],
         "rows_per_prompt": [0],
+        "recipe": ["trl"],
     },
     (RLEPConfig, "rlep"): {
         "replay_per_group": [0],

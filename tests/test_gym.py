@@ -147,7 +147,7 @@ def test_npo_runs_unchanged_on_the_gym_backend():
     grpo = GRPOConfig(batch_size=32, group_size=4, lr=1e-2)
     res = train(
         make_state(be, grpo, 0),
-        NPO(NPOConfig(delta=2, interventions=(0,)), 4),
+        NPO(NPOConfig(delta=2, interventions=(0,)), 4, grpo),
         RunConfig(steps=4, eval_every=2),
         grpo,
     )

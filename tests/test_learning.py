@@ -17,7 +17,10 @@ def run(method: str, steps: int, seed: int = 0, task: ArithmeticConfig | None = 
     be = ArithmeticBackend(task or ArithmeticConfig(), TinyLMConfig(), seed=seed)
     g = GRPOConfig()
     st = make_state(be, g, seed)
-    cfgs = MethodConfigs(npo=NPOConfig(**npo_kw), autonpo=AutoNPOConfig(candidates=(1, 2), bootstrap_floor=1.0))
+    auto = AutoNPOConfig(
+        candidates=(2,), snapshot_every=2, window=2, smoothing=1.0, stagnation_slope=1.0, entropy_slope=1.0
+    )  # a warning as soon as two steps are observed: the run must roll back
+    cfgs = MethodConfigs(npo=NPOConfig(**npo_kw), autonpo=auto)
     source = make_method(method, cfgs, steps, grpo=g, seed=seed)
     run_cfg = RunConfig(steps=steps, eval_every=20, final_evals=2)
     return train(st, source, run_cfg, g, be.evaluate, seed=seed), be

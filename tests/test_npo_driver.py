@@ -1,5 +1,6 @@
 """Look-ahead and rollback: after restore, weights, optimizer, every RNG and the data cursor are bit-identical."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_schedule_and_guidance_window():
     assert NPOConfig(interventions=(0,), every=10).intervention_steps(35) == [0, 10, 20, 30]
     st, g = _scripted_state()
     st.step = 0
-    src = NPO(cfg, total_steps=30)
+    src = NPO(dataclasses.replace(cfg, window="until_next"), 30, g)
     ask = src.wants_lookahead(st)
     assert ask == LookaheadRequest((3,), True)
     la = lookahead(st, ask.deltas, lambda: grpo_step(st, g))
@@ -121,7 +122,7 @@ def test_npo_training_injects_guides_only_where_gated(monkeypatch):
     be = ScriptedBackend(n_prompts=16, seq_len=3, vocab=4, seed=0)
     g = GRPOConfig(batch_size=64, group_size=8, lr=0.1)
     npo = NPOConfig(delta=5, interventions=(0, 6), gate=0.6)
-    res = train(make_state(be, g, 0), NPO(npo, 12), RunConfig(steps=12, eval_every=4), g)
+    res = train(make_state(be, g, 0), NPO(npo, 12, g), RunConfig(steps=12, eval_every=4), g)
     assert res.interventions == [0, 6] and res.lookahead_steps == 10
     assert calls, "NPO never reached the merge"
     injected = 0
@@ -145,8 +146,8 @@ def test_method_specs_override_npo_fields_per_method():
     assert name == "npo" and cfg.delta == 3 and cfg.interventions == (0, 50) and cfg.restore_optimizer is False
     assert parse_method("grpo", NPOConfig()) == ("grpo", MethodConfigs())
     # autonpo reads its own section and npo's; other methods their own section only
-    name, cfgs = parse_method("autonpo:cooldown=9:gate=0.5:candidates=2+4", MethodConfigs())
-    assert (cfgs.autonpo.cooldown, cfgs.npo.gate, cfgs.autonpo.candidates) == (9, 0.5, (2, 4))
+    name, cfgs = parse_method("autonpo:cooldown=9:gate=0.5:candidates=5+10", MethodConfigs())
+    assert (cfgs.autonpo.cooldown, cfgs.npo.gate, cfgs.autonpo.candidates) == (9, 0.5, (5, 10))
     assert parse_method("luffy:teacher_samples=2", MethodConfigs())[1].luffy.teacher_samples == 2
     assert parse_method("rlep:replay_per_group=1", MethodConfigs())[1].rlep.replay_per_group == 1
     assert parse_method("exgrpo:selection=random", MethodConfigs())[1].exgrpo.selection == "random"

@@ -164,8 +164,12 @@ def test_npo_guided_update_steps(ref):
     args = ref.Args(temperature=backend.cfg.temperature, clip_eps=0.2, max_grad_norm=0.1, gate=0.6)
     state = make_state(backend, grpo, seed=0)
     opt = torch.optim.Adam(net.parameters(), lr=grpo.lr)
-    source = NPO(npo, total_steps=10)
-    source.checkpoint, source.until = backend.save(), 10  # guide from a fixed checkpoint during these steps
+    source = NPO(npo, 10, grpo)
+    source.checkpoint, source.start, source.until = (
+        backend.save(),
+        0,
+        10,
+    )  # guide from a fixed checkpoint during these steps
     prompts = torch.tensor([ref.encode(p.prompt) for p in backend.train_set])  # (N, P)
     data = ref.Data(prompts, [p.answer for p in backend.train_set], prompts[:1], [0], backend.max_new)
     calls = []

@@ -29,11 +29,18 @@ TINY = [
 METHODS = {
     # a look-ahead of 2 steps every 4 steps: about a third of all steps are look-ahead steps
     "npo": ["--method", "npo", "--npo.interventions", "0", "--npo.every", "4", "--npo.delta", "2"],
-    # bootstrap triggers at every chance (cooldown 3), two candidate Deltas scored on the mistake pool
+    # retrospective AutoNPO warned at every chance (cooldown 6): rollbacks of 2 or 4 steps, snapshots every 2 steps
     "autonpo": [
-        *("--method", "autonpo", "--autonpo.candidates", "1", "2", "--autonpo.cooldown", "3"),
-        *("--autonpo.bootstrap-floor", "1.0", "--autonpo.bootstrap-until", "100", "--autonpo.max-interventions", "0"),
-        *("--autonpo.q-samples", "2", "--autonpo.window", "3"),
+        *("--method", "autonpo", "--autonpo.candidates", "2", "4", "--autonpo.snapshot-every", "2"),
+        *("--autonpo.cooldown", "6", "--autonpo.window", "3", "--autonpo.smoothing", "1.0"),
+        *("--autonpo.stagnation-slope", "1.0", "--autonpo.entropy-slope", "1.0", "--autonpo.max-interventions", "0"),
+        *("--autonpo.q-samples", "2"),
+    ],
+    # the earlier reading: bootstrap triggers at every chance (cooldown 3), two candidates scored on the pool
+    "autonpo-lookahead": [
+        *("--method", "autonpo", "--autonpo.mode", "lookahead", "--autonpo.candidates", "1", "2"),
+        *("--autonpo.cooldown", "3", "--autonpo.bootstrap-floor", "1.0", "--autonpo.bootstrap-until", "100"),
+        *("--autonpo.max-interventions", "0", "--autonpo.q-samples", "2", "--autonpo.window", "3"),
     ],
 }
 TIMING = {"wall_s", "lookahead_s", "lookahead_seconds", "seconds", "created", "extra"}
@@ -51,6 +58,8 @@ def comparable(x, where: str = ""):
     if isinstance(x, FolderHandle):
         folder = Path(x["path"])
         return {"files": {p.name: p.read_bytes() for p in sorted(folder.iterdir())}, "rng": comparable(x.get("rng"))}
+    if isinstance(x, dict) and "ring" in x:  # the snapshot ring's log marks are file sizes, which hold timings
+        x = {**x, "ring": [[s, snap] for s, snap, _ in x["ring"]]}
     if isinstance(x, dict):
         return {k: comparable(v, f"{where}.{k}") for k, v in x.items() if k not in TIMING}
     if isinstance(x, list | tuple):
@@ -90,21 +99,23 @@ def only_run(out: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("method", ["npo", "autonpo"])
+@pytest.mark.parametrize("method", ["npo", "autonpo", "autonpo-lookahead"])
 def test_sigkill_anywhere_then_resume_equals_the_uninterrupted_run(method, tmp_path):
     args = [*TINY, *METHODS[method], "--steps", "20", "--checkpoint-every", "3"]
     r = train([*args, "--out", str(tmp_path / "straight")])
     assert r.returncode == 0, r.stderr
     straight = only_run(tmp_path / "straight")
-    lookahead = sum(json.loads((straight / "result.json").read_text())["intervention_costs"])
-    assert lookahead >= 8  # look-ahead windows are frequent enough to be hit
+    extra = sum(json.loads((straight / "result.json").read_text())["intervention_costs"])
+    assert extra >= 8  # look-ahead windows (or rolled-back segments) are frequent enough to be hit
 
     rng = random.Random(f"kills-{method}")
+    # retrospective AutoNPO never looks ahead: its extra steps are the first pass of a segment it rolls back
+    inside = "lookahead" if method != "autonpo" else "step"
     kills = [
-        f"lookahead:{rng.randint(1, 2)}",  # inside a look-ahead window
+        f"{inside}:{rng.randint(1, 2)}",  # inside a look-ahead window
         f"step:{rng.randint(2, 6)}",  # between two checkpoints: the steps since the last one are redone
         f"write:{rng.randint(1, 6)}",  # in the middle of a checkpoint file (state.pt, manifest or latest)
-        f"lookahead:{rng.randint(1, 2)}",
+        f"{inside}:{rng.randint(1, 2)}",
         f"write:{rng.randint(1, 6)}",
         f"step:{rng.randint(1, 4)}",
     ]
@@ -289,5 +300,33 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_exactly(tmp_path):
     doc["loop"] = {**loop, "source": old_source}
     shutil.rmtree(ckpt)
     save_checkpoint(copy / "checkpoints", 5, doc)
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert_same_run(straight, copy)
+
+
+def test_a_run_resumed_in_the_middle_of_a_replayed_segment_equals_the_run_left_alone(tmp_path):
+    """Retrospective AutoNPO rolled back from t to s and was replaying [s, t) when the process died: the snapshot
+    ring, the cache of pi_t's answers and the guided window come back with the checkpoint."""
+    args = [*TINY, *METHODS["autonpo"], "--steps", "14"]
+    from npo_lab.cli import main
+
+    assert (
+        main(["train", *args, "--checkpoint-every", "1", "--keep-checkpoints", "0", "--out", str(tmp_path / "a")]) == 0
+    )
+    straight = only_run(tmp_path / "a")
+    ev = [json.loads(line) for line in (straight / "events.jsonl").read_text().splitlines()]
+    rolled = [e for e in ev if e["kind"] == "intervention" and e["delta"] is not None and e["delta"] >= 4]
+    assert rolled, [e["kind"] for e in ev]
+    t, delta = rolled[0]["step"], rolled[0]["delta"]
+    cut = t - delta + 2  # two steps into the replay of [t - delta, t)
+    copy = tmp_path / "b"
+    shutil.copytree(straight, copy)
+    for p in list_checkpoints(copy / "checkpoints"):
+        if int(p.name.split("_")[1]) > cut:
+            shutil.rmtree(p)
+    doc = load_checkpoint(latest_checkpoint(copy / "checkpoints"))
+    loop = doc["loop"]
+    assert doc["step"] == cut and loop["method"]["start"] <= cut < loop["method"]["until"] and loop["ring"]
+    assert loop["method"]["cache"], "the replay is guided by a cache of pi_t's answers"
     assert main(["train", "--resume", str(copy)]) == 0
     assert_same_run(straight, copy)

@@ -22,7 +22,7 @@ from npo_lab.config import (
     RunConfig,
 )
 from npo_lab.core.guidance import append_guides, merge_guides
-from npo_lab.methods import GRPO, RLEP, AutoNPO, ExGRPO, Luffy, make_method
+from npo_lab.methods import GRPO, RLEP, AutoNPOLookahead, ExGRPO, Luffy, make_method
 from npo_lab.train import StepOutcome, grpo_step, make_state, train
 
 
@@ -197,8 +197,10 @@ def test_grpo_step_trains_on_the_merged_groups(method):
 def test_autonpo_triggers_scores_candidates_and_guides_with_the_argmax():
     be = ScriptedBackend(n_prompts=16, seq_len=2, vocab=4, seed=2)
     grpo = GRPOConfig(batch_size=32, group_size=4, lr=0.5)
-    auto = AutoNPOConfig(candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4)
-    src = AutoNPO(auto, NPOConfig(), total_steps=12)
+    auto = AutoNPOConfig(
+        mode="lookahead", candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4
+    )
+    src = AutoNPOLookahead(auto, NPOConfig(), 12, grpo)
     events = []
     res = train(make_state(be, grpo, 0), src, RunConfig(steps=12, eval_every=4), grpo, events=events.append)
     first = next(e for e in events if e["kind"] == "intervention")
@@ -217,8 +219,10 @@ def test_autonpo_guides_with_the_chosen_checkpoint_after_an_intervention(monkeyp
 
     be = ScriptedBackend(n_prompts=16, seq_len=2, vocab=4, seed=2)
     grpo = GRPOConfig(batch_size=32, group_size=4, lr=0.5)
-    auto = AutoNPOConfig(candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4)
-    src = AutoNPO(auto, NPOConfig(), total_steps=8)
+    auto = AutoNPOConfig(
+        mode="lookahead", candidates=(1, 3), bootstrap_floor=0.5, bootstrap_until=5, cooldown=4, q_samples=4
+    )
+    src = AutoNPOLookahead(auto, NPOConfig(), 8, grpo)
     merged_guides = []
     real = step_mod.merge_guides
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from npo_lab.cli.common import ExperimentConfig, backend_factory, run_label
 from npo_lab.cli.config_file import flatten, to_dict
-from npo_lab.config import parse_method
+from npo_lab.config import method_grpo, parse_method
 
 
 @dataclass
@@ -100,7 +100,7 @@ def check_resume_config(cfg: Any) -> None:
 def run_train(cfg: TrainCommand) -> Any:
     import torch  # lazy, as every import of a training module here: torch is not needed to build --help
 
-    from npo_lab.checkpoint import CheckpointError, clean_stale, latest_checkpoint, list_checkpoints, write_text_atomic
+    from npo_lab.checkpoint import CheckpointError, clean_stale, latest_checkpoint, set_aside_after, write_text_atomic
     from npo_lab.methods import make_method
     from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
     from npo_lab.train import NonFiniteError, make_state, save_training_checkpoint, train
@@ -135,18 +135,15 @@ def run_train(cfg: TrainCommand) -> Any:
         if cfg.resume:
             print(f"resuming from {ckpt} (step {doc['step']})" if doc else "no complete checkpoint: starting over")
             if doc is not None:  # checkpoints after the one resumed from belong to a trajectory no longer followed
-                later = [p for p in list_checkpoints(ckpt_root) if _step_of(p) > _step_of(ckpt)]
-                if later:
-                    aside = Path(tempfile.mkdtemp(prefix=f"superseded-{int(time.time())}-", dir=ckpt_root))
-                    for p in later:
-                        p.rename(aside / p.name)
-                    print(f"moved {len(later)} later checkpoint(s) to {aside}")
+                _report_aside(set_aside_after(ckpt_root, _step_of(ckpt)))
         print("| parameter | value |\n|---|---|")
         for k, v in flatten(to_dict(cfg)).items():
             print(f"| {k} | {v} |")
+    method, cfgs = parse_method(cfg.method, cfg.method_configs)
+    grpo = method_grpo(method, cfgs, cfg.grpo)  # the shared step, or a recipe=paper method's own
     seed_everything(cfg.seed)
     backend = backend_factory(cfg)(cfg.seed)
-    state = make_state(backend, cfg.grpo, cfg.seed)
+    state = make_state(backend, grpo, cfg.seed)
     resumed = doc.get("extra", {}) if doc else {}
     loggers: list[Any] = []
     csv_log = events = None
@@ -178,13 +175,12 @@ def run_train(cfg: TrainCommand) -> Any:
             ckpt_root, st, loop, extra, keep=cfg.keep_checkpoints, policy=policy, optimizer=world == 1
         )
 
-    method, cfgs = parse_method(cfg.method, cfg.method_configs)
     teacher = previous = None
     if method == "luffy":
         teacher = backend.teacher()
     if method == "rlep" and doc is None:  # a resumed rlep run restores its pool from the checkpoint
         previous = _previous_policy(cfg, cfgs.rlep.source_steps or cfg.steps, backend)
-    run_method = make_method(method, cfgs, cfg.steps, grpo=cfg.grpo, teacher=teacher, previous=previous, seed=cfg.seed)
+    run_method = make_method(method, cfgs, cfg.steps, grpo=grpo, teacher=teacher, previous=previous, seed=cfg.seed)
     resume_loop = None
     if doc is not None:
         state.load_state_dict(doc, copy_=False)  # last: it restores every global RNG
@@ -199,13 +195,14 @@ def run_train(cfg: TrainCommand) -> Any:
                 state,
                 run_method,
                 cfg,
-                cfg.grpo,
+                grpo,
                 seed=cfg.seed,
                 logger=logger,
                 on_step=bar.update,
                 save_checkpoint=save,
                 events=events,
                 resume=resume_loop,
+                on_rollback=(lambda s: _report_aside(set_aside_after(ckpt_root, s))) if main_rank else None,
             )
     except (NonFiniteError, CheckpointError) as e:
         last = latest_checkpoint(ckpt_root)
@@ -229,6 +226,12 @@ def run_train(cfg: TrainCommand) -> Any:
 
 def _step_of(ckpt: Path) -> int:
     return int(ckpt.name.split("_")[-1])
+
+
+def _report_aside(moved: tuple[int, Path | None]) -> None:
+    n, aside = moved
+    if n:
+        print(f"moved {n} later checkpoint(s) to {aside}")
 
 
 def _lock_run_folder(run_dir: Path) -> Any:

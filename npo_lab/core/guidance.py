@@ -1,6 +1,7 @@
 """The guide gate and the slot merge (NPO, arXiv 2604.20733).
 
-A prompt is *gated* when the accuracy of its on-policy group is below ``threshold`` (0.6 in the paper).
+A prompt is *gated* when the accuracy of its on-policy group is at most ``threshold`` (p-hat <= 0.6 in the paper;
+the first author's public verl fork compares with a strict <, a documented option).
 Each gated group then has ``k`` of its G slots replaced by verified-correct guide rows (k = 1 in the
 paper). A wrong guide row is never inserted: if the guide source found fewer than k correct rows for a
 prompt, that group stays fully on-policy.
@@ -16,6 +17,7 @@ from torch import Tensor
 from npo_lab.batch import RolloutBatch
 
 SLOT_CHOICES = ("last", "incorrect_first")
+GATE_OPS = ("le", "lt")
 
 
 def group_accuracy(rewards: Tensor, group_ids: Tensor, correct_threshold: float = 0.5) -> dict[int, float]:
@@ -30,20 +32,25 @@ def group_accuracy(rewards: Tensor, group_ids: Tensor, correct_threshold: float 
     return {g: sum(v) / len(v) for g, v in acc.items()}
 
 
-def guide_gate(group_acc: Tensor, threshold: float = 0.6) -> Tensor:
-    """Which groups get guidance: accuracy strictly below ``threshold``.
+def guide_gate(group_acc: Tensor, threshold: float = 0.6, op: str = "le") -> Tensor:
+    """Which groups get guidance: accuracy at most ``threshold`` (``op="le"``) or strictly below it (``"lt"``).
 
     Args:
         group_acc: (n_groups,) float in [0, 1].
-        threshold: the gate; 0.6 is the paper's value. "strictly below" is an inference.
+        threshold: the gate; 0.6 is the paper's value.
+        op: ``le`` (p-hat <= threshold, the paper) or ``lt`` (the authors' public code).
 
     Returns:
         (n_groups,) bool.
 
     >>> guide_gate(torch.tensor([0.0, 0.5, 0.6, 1.0])).tolist()
+    [True, True, True, False]
+    >>> guide_gate(torch.tensor([0.0, 0.5, 0.6, 1.0]), op="lt").tolist()
     [True, True, False, False]
     """
-    return group_acc < threshold
+    if op not in GATE_OPS:
+        raise ValueError(f"op must be one of {GATE_OPS}, got {op!r}")
+    return group_acc <= threshold if op == "le" else group_acc < threshold
 
 
 def _pool(

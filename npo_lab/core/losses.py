@@ -3,12 +3,17 @@
 For on-policy rows (and, by default, for guide rows too) the per-token loss is PPO's clipped surrogate
 (Schulman et al. 2017, arXiv 1707.06347) with the group-relative advantage of the row:
 
-    rho = exp(logp - old_logp),   l = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
+    rho = exp(clamp(logp - old_logp, -L, L)),   l = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
 
-Guide rows (``is_guide``) can be treated four ways (``guide_loss``); see docs/algorithm.md:
+with verl's two safeguards: the log-ratio clamp L (``log_ratio_clamp``, 20) and, when ``dual_clip_c`` = c > 1, the
+dual clip of Ye et al. 2020 (arXiv 1912.09729): for A < 0 the loss is at most -c * A.
 
-* ``on_policy`` (default, an inference from "the RL objective remains unchanged"): exactly the
-  formula above, with ``old_logp`` recomputed by the current policy on the guide tokens.
+Guide rows (``is_guide``) can be treated five ways (``guide_loss``); see docs/algorithm.md:
+
+* ``on_policy``: exactly the formula above, with ``old_logp`` recomputed by the current policy on the guide tokens
+  (NPO's ablation treatment; the authors' public code does this).
+* ``behavior_clipped`` (NPO's objective as the paper writes it): the same clipped surrogate with the ratio taken to
+  the policy that sampled the row, rho_b = exp(logp - behavior_logp) (pi_theta / pi_{t+Delta} for a guide row).
 * ``shaped`` (LUFFY, arXiv 2504.14945): l = -A * f(p), p = exp(logp), f(p) = p / (p + gamma), unclipped.
 * ``importance``: rho_b = exp(logp - behavior_logp), the ratio to the policy that sampled the row,
   truncated above at ``is_cap`` and held constant: grad l = -A * min(rho_b, is_cap) * grad logp
@@ -32,6 +37,64 @@ AGGREGATIONS: Registry[Callable[..., Tensor]] = Registry("loss aggregation")
 GUIDE_TREATMENTS: Registry[Callable[..., Tensor]] = Registry("guide loss")
 """How guide rows enter the loss: ``f(logprobs, behavior_logprobs, adv, shaping_gamma, is_cap) -> (B, T) loss``;
 ``on_policy`` is absent on purpose: those rows keep the clipped surrogate of every other row."""
+
+
+def clipped_surrogate(
+    log_ratio: Tensor,
+    adv: Tensor,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    dual_clip_c: float = 0.0,
+    log_ratio_clamp: float = 20.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO's clipped surrogate per token, with verl's log-ratio clamp and optional dual clip.
+
+    Args:
+        log_ratio: (B, T) log pi_theta - log pi_anchor.
+        adv: (B, 1) advantages, broadcast over T.
+        clip_eps_low, clip_eps_high: the clip range [1 - low, 1 + high].
+        dual_clip_c: c > 1 caps the loss of negative-advantage tokens at -c * A; 0 switches it off.
+        log_ratio_clamp: |log ratio| is clamped to this before exp (0: no clamp).
+
+    Returns:
+        (loss (B, T), ratio (B, T), float mask of the tokens the clip or the dual clip bound).
+
+    >>> loss, _, _ = clipped_surrogate(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0]]), 0.2, 0.2)
+    >>> [round(x, 3) for x in loss[0].tolist()]
+    [-1.0, -1.2]
+    """
+    if log_ratio_clamp > 0:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    loss = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+    bound = (ratio * adv) > (clipped * adv)
+    if dual_clip_c > 0:  # Ye et al. 2020 / verl clip_ratio_c: a huge ratio on a negative advantage is capped
+        cap = -dual_clip_c * adv
+        capped = (adv < 0) & (loss > cap)
+        loss = torch.where(capped, cap.expand_as(loss), loss)
+        bound = bound | capped
+    return loss, ratio, bound.float()
+
+
+@GUIDE_TREATMENTS.register("behavior_clipped")
+def guide_behavior_clipped(
+    logprobs: Tensor,
+    behavior_logprobs: Tensor | None,
+    adv: Tensor,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    dual_clip_c: float = 0.0,
+    log_ratio_clamp: float = 20.0,
+    **_: float,
+) -> Tensor:
+    """NPO's objective for the guide slot: the clipped ratio toward the policy that sampled the row (pi_{t+Delta})."""
+    if behavior_logprobs is None:
+        raise ValueError("guide_loss='behavior_clipped' needs behavior_logprobs")
+    loss, _, _ = clipped_surrogate(
+        logprobs - behavior_logprobs, adv, clip_eps_low, clip_eps_high, dual_clip_c, log_ratio_clamp
+    )
+    return loss
 
 
 @GUIDE_TREATMENTS.register("shaped")
@@ -117,6 +180,8 @@ def policy_loss(
     kl_estimator: str = "k3",
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    dual_clip_c: float = 0.0,
+    log_ratio_clamp: float = 20.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRPO loss with a chosen guide-row treatment, optional KL and entropy terms.
 
@@ -126,9 +191,10 @@ def policy_loss(
         advantages: (B,) group-relative advantages.
         mask: (B, T) 1 where a token enters the loss.
         is_guide: (B,) bool; None means no guide rows.
-        behavior_logprobs: (B, T) sampling-policy log-probs; needed for ``importance`` and ``shaped_is``.
+        behavior_logprobs: (B, T) sampling-policy log-probs; needed for ``behavior_clipped``, ``importance`` and
+            ``shaped_is``.
         clip_eps_low, clip_eps_high: PPO clip range [1 - low, 1 + high].
-        guide_loss: ``on_policy``, ``shaped``, ``importance`` or ``shaped_is``.
+        guide_loss: ``on_policy``, ``behavior_clipped``, ``shaped``, ``importance`` or ``shaped_is``.
         shaping_gamma: gamma of f(x) = x / (x + gamma) for ``shaped`` and ``shaped_is``.
         is_cap: truncation of the importance ratio for ``importance``.
         aggregation: ``token_mean``, ``seq_mean`` or ``sum_norm``.
@@ -137,6 +203,8 @@ def policy_loss(
         kl_coef, kl_estimator: weight and kind (``k1``/``k3``) of the KL term.
         entropy: (B, T) per-token entropy of the current policy (differentiable) or None.
         entropy_coef: weight of the entropy bonus (subtracted from the loss).
+        dual_clip_c: c > 1 caps the loss of negative-advantage tokens at -c * A (verl's 3); 0 = off.
+        log_ratio_clamp: the log-ratio is clamped to +-this before exp (verl: 20); 0 = no clamp.
 
     Returns:
         (scalar loss, metrics).
@@ -150,15 +218,14 @@ def policy_loss(
         raise ValueError(f"guide_loss must be one of {GUIDE_LOSSES}, got {guide_loss!r}")
     adv = advantages.unsqueeze(-1)  # (B, 1), broadcast over T
     log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)  # (B, T)
-    clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
-    loss_mat = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
-    clipped_tok = ((ratio * adv) > (clipped * adv)).float()
+    clip_kw = dict(clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
+    clip_kw.update(dual_clip_c=dual_clip_c, log_ratio_clamp=log_ratio_clamp)
+    loss_mat, ratio, clipped_tok = clipped_surrogate(log_ratio, adv, **clip_kw)  # (B, T) each
 
     guide = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device) if is_guide is None else is_guide
     if guide.any() and guide_loss != "on_policy":
         treat = GUIDE_TREATMENTS.get(guide_loss)
-        guide_mat = treat(logprobs, behavior_logprobs, adv, shaping_gamma=shaping_gamma, is_cap=is_cap)  # (B, T)
+        guide_mat = treat(logprobs, behavior_logprobs, adv, shaping_gamma=shaping_gamma, is_cap=is_cap, **clip_kw)
         g = guide.unsqueeze(-1)  # (B, 1)
         loss_mat = torch.where(g, guide_mat, loss_mat)
         clipped_tok = torch.where(g, torch.zeros_like(clipped_tok), clipped_tok)

@@ -24,17 +24,22 @@ each documented in docs/algorithm.md and selected by ``AutoNPOConfig.v_estimator
   unlikely) has w = pi_t / pi_src in [0, 1], so Var(w) <= 1/4 however far it is.
 * ``grad_norm``: ``floor + Var(||grad log pi_t(y)||)`` over the correct rows, the empirical variance of
   per-sample policy-gradient norms (the norms are computed by the caller, which owns the model).
+* ``kl_exp`` (the paper's V-hat, as its close readings give it: "an exponential function of the per-token KL"
+  between the two policies, Appendix B's V(Delta) <~ exp(beta * Delta)): ``exp(beta * KL)``, KL the mean over the
+  source's tokens of the k3 estimate of KL(pi_src || pi_t) on the source's own samples, beta = ``kl_beta``.
+  1 when the two policies agree; no floor (exp(0) = 1 is already the on-policy cost).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-V_ESTIMATORS = ("is_variance", "chi2", "log_ratio", "grad_norm")
-CHEAP_V_ESTIMATORS = ("is_variance", "chi2", "log_ratio")
+V_ESTIMATORS = ("is_variance", "chi2", "log_ratio", "grad_norm", "kl_exp")
+CHEAP_V_ESTIMATORS = ("is_variance", "chi2", "log_ratio", "kl_exp")
 """The estimators that need no backward pass (``npo-lab qvs`` records all of them)."""
 
 
@@ -76,6 +81,21 @@ def importance_weights(logp_current: Tensor, logp_source: Tensor, mask: Tensor) 
     return torch.exp((logp_current[sel] - logp_source[sel]).double().clamp(-30.0, 30.0))
 
 
+def token_kl(logp_current: Tensor, logp_source: Tensor, mask: Tensor) -> float:
+    """Mean per-token KL(pi_src || pi_t) over the unmasked tokens of rows sampled from pi_src, by the k3 estimator
+    r - 1 - log r with r = pi_t / pi_src (unbiased and non-negative, Schulman's "Approximating KL Divergence").
+
+    >>> lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    >>> token_kl(lp, lp, torch.ones(1, 2))
+    0.0
+    """
+    sel = mask.bool()
+    log_r = (logp_current[sel] - logp_source[sel]).double().clamp(-30.0, 30.0)
+    if log_r.numel() == 0:
+        return float("nan")
+    return (torch.exp(log_r) - 1.0 - log_r).mean().item()
+
+
 def v_hat(
     logp_current: Tensor | None = None,
     logp_source: Tensor | None = None,
@@ -84,14 +104,16 @@ def v_hat(
     estimator: str = "is_variance",
     floor: float = 1.0,
     grad_norms: Tensor | None = None,
+    kl_beta: float = 1.0,
 ) -> float:
     """Variance cost of learning from a source's verified-correct rows (see the module docstring).
 
     Args:
         logp_current, logp_source, mask: (B, T) as in :func:`importance_weights` (``is_variance``, ``chi2``).
-        estimator: ``is_variance``, ``chi2``, ``log_ratio`` or ``grad_norm``.
-        floor: the on-policy cost added to every estimate (1.0: E[w^2] of on-policy sampling).
+        estimator: ``is_variance``, ``chi2``, ``log_ratio``, ``grad_norm`` or ``kl_exp``.
+        floor: the on-policy cost added to every estimate but ``kl_exp`` (1.0: E[w^2] of on-policy sampling).
         grad_norms: (B,) per-row gradient norms of log pi_t(y) (``grad_norm``).
+        kl_beta: beta of ``kl_exp`` = exp(beta * mean per-token KL).
 
     Returns:
         V-hat, or NaN when there is nothing to measure (no correct rows).
@@ -111,6 +133,9 @@ def v_hat(
         return floor + (g.var(unbiased=False).item() if g.numel() > 1 else 0.0)
     if logp_current is None or logp_source is None or mask is None:
         raise ValueError(f"estimator={estimator!r} needs logp_current, logp_source and mask")
+    if estimator == "kl_exp":
+        kl = token_kl(logp_current, logp_source, mask)
+        return math.exp(kl_beta * kl) if kl == kl else float("nan")
     w = importance_weights(logp_current, logp_source, mask)
     if w.numel() == 0:
         return float("nan")

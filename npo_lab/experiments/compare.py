@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig, parse_method
+from npo_lab.checkpoint import set_aside_after
+from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig, method_grpo, parse_method
 from npo_lab.experiments.report import aggregate, plot_curves, write_report
 from npo_lab.methods import make_method, train_previous_run
 from npo_lab.metrics import CSVLogger, EventLog, MultiLogger, TensorBoardLogger
@@ -82,12 +83,11 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
         if name == "rlep":
             prior_steps = cfgs.rlep.source_steps or job.run.steps
             previous = previous_run(prior_steps)
+        grpo = method_grpo(name, cfgs, job.grpo)  # the shared step, or a recipe=paper method's own
         backend.load(start)
         seed_everything(job.seed)
-        state = make_state(backend, job.grpo, job.seed)
-        method = make_method(
-            name, cfgs, job.run.steps, grpo=job.grpo, teacher=teacher, previous=previous, seed=job.seed
-        )
+        state = make_state(backend, grpo, job.seed)
+        method = make_method(name, cfgs, job.run.steps, grpo=grpo, teacher=teacher, previous=previous, seed=job.seed)
         run_dir = Path(job.out) / "runs" / f"{_label(spec)}__seed{job.seed}"
         loggers: list[Any] = [CSVLogger(run_dir / "metrics.csv")]
         if job.run.tensorboard:
@@ -98,16 +98,20 @@ def run_seed(job: SeedJob, progress: Any = None) -> list[dict[str, Any]]:
         def save(st: Any, loop: dict[str, Any], run_dir: Path = run_dir) -> None:
             save_training_checkpoint(run_dir / "checkpoints", st, loop, keep=job.run.keep_checkpoints)
 
+        def rolled_back(step: int, run_dir: Path = run_dir) -> None:
+            set_aside_after(run_dir / "checkpoints", step)
+
         res = train(
             state,
             method,
             job.run,
-            job.grpo,
+            grpo,
             seed=job.seed,
             logger=logger,
             on_step=tick,
             save_checkpoint=save if job.run.checkpoint_every else None,
             events=events,
+            on_rollback=rolled_back if job.run.checkpoint_every else None,
         )
         logger.close()
         events.close()

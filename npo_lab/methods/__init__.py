@@ -21,7 +21,7 @@ from __future__ import annotations
 from npo_lab.backend import Checkpoint
 from npo_lab.config import METHODS as METHOD_DESCRIPTIONS
 from npo_lab.config import GRPOConfig, MethodConfigs
-from npo_lab.methods.autonpo import AutoNPO, AutoNPOController, MistakePool
+from npo_lab.methods.autonpo import AutoNPO, AutoNPOController, AutoNPOLookahead, MistakePool
 from npo_lab.methods.base import failing_groups, policy_rows_for
 from npo_lab.methods.exgrpo import ExGRPO
 from npo_lab.methods.grpo import GRPO
@@ -59,6 +59,7 @@ __all__ = [
     "NPO",
     "RLEP",
     "AutoNPO",
+    "AutoNPOLookahead",
     "AutoNPOController",
     "ExGRPO",
     "Luffy",

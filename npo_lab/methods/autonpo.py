@@ -1,221 +1,240 @@
-"""AutoNPO (arXiv 2604.20733): NPO whose interventions are triggered online and whose Delta maximises
-Q-hat / V-hat.
+"""AutoNPO (arXiv 2604.20733): interventions decided online, their distance Delta* = argmax Q-hat / V-hat.
 
-Three parts, each testable alone (the first two on synthetic curves, without a model, like verl's
-AdaptiveKLController):
+The paper's AutoNPO is retrospective, the present teaching its past [paper-reading] (:class:`AutoNPO`,
+``autonpo.mode = retrospective``, the default):
 
-* :class:`MistakePool`: a bounded pool of recently failed prompts (on-policy group accuracy below the gate);
-* :class:`AutoNPOController`: reads the on-policy reward and the policy entropy of every step and says when to
-  look ahead: early bootstrap (accuracy below a floor), reward stagnation (slope of the smoothed reward over a
-  window below a threshold), entropy collapse (below a floor or a fraction of its early value), with a cooldown
-  between interventions;
-* :class:`AutoNPO`, the method: at a trigger, one look-ahead run of max(candidates) steps keeps pi_{t+Delta} for
-  every candidate; after the rollback each candidate samples ``q_samples`` rows on the most recent mistake-pool
-  prompts; Delta* = argmax Q-hat / V-hat (:func:`npo_lab.core.signal.choose_delta`) guides the next ``cooldown``
-  steps with NPO's gate and slots. Every decision is an event.
+1. a mistake pool keeps recently failed prompts with the step each failed at (:class:`MistakePool`);
+2. warning: the smoothed reward stagnates *and* the entropy keeps falling (:meth:`AutoNPOController.warning`);
+3. confirmation: the current policy pi_t probes the pool: ``q_samples`` answers per prompt of each candidate's
+   slice B_Delta (the prompts that failed around t - Delta);
+4. Delta* = argmax over the candidates with a saved snapshot of Q-hat(Delta) / V-hat(Delta): Q-hat = pi_t's pass
+   rate on B_Delta, V-hat = exp(beta * per-token KL) between pi_t and pi_{t-Delta} on pi_t's verified rows; both
+   read from that one probe (a log-prob pass of pi_{t-Delta}, no extra generation);
+5. pi_t's verified answers to B_Delta* are cached, training rolls back to t - Delta* exactly (weights, optimizer,
+   every RNG, data cursor: the replay meets the same prompts) and replays the segment, replacing the last slot of a
+   gated group only for the cached mistake-pool prompts.
 
-The paper names the signals; every threshold is an ``AutoNPOConfig`` field marked as an assumption.
+``autonpo.mode = lookahead`` keeps this toolkit's earlier reading (:class:`AutoNPOLookahead`): at a trigger, look
+ahead max(candidates) steps, score every candidate checkpoint on the pool, guide from the best for ``cooldown``
+steps with guide rows sampled online.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections import OrderedDict
 from typing import Any
 
+import torch
+
+from npo_lab.backend import Checkpoint
+from npo_lab.batch import RolloutBatch
 from npo_lab.config import AutoNPOConfig, GRPOConfig, MethodConfigs, NPOConfig
-from npo_lab.core.signal import choose_delta
-from npo_lab.methods.base import failing_groups
+from npo_lab.core.signal import choose_delta, q_hat, s_hat, v_hat
+from npo_lab.methods.base import failing_groups, verified_rows
+from npo_lab.methods.controller import AutoNPOController, MistakePool, slope
 from npo_lab.methods.npo import NPO
-from npo_lab.train.method import LookaheadRequest, StepOutcome
+from npo_lab.train.method import GuidePlan, LookaheadRequest, RollbackRequest, SnapshotRing, StepOutcome
 from npo_lab.train.probe import measure_sources
 from npo_lab.train.rollback import LookaheadResult
 from npo_lab.train.state import TrainState
 
-
-class MistakePool:
-    """Recently failed prompts, newest first, at most ``capacity`` of them.
-
-    Refresh rule: a prompt whose on-policy group accuracy is below the gate enters (or moves) to the front;
-    when the pool is full the oldest failure falls out; with ``refresh="solved"`` a prompt also leaves as soon
-    as a later group of it reaches the gate.
-
-    >>> pool = MistakePool(capacity=2)
-    >>> pool.update({1: 0.0, 2: 0.9, 3: 0.25}, gate=0.6); pool.prompts()
-    [3, 1]
-    >>> pool.update({4: 0.0, 3: 1.0}, gate=0.6); pool.prompts()
-    [4, 1]
-    """
-
-    def __init__(self, capacity: int = 256, refresh: str = "solved") -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if refresh not in ("fifo", "solved"):
-            raise ValueError(f"refresh must be 'fifo' or 'solved', got {refresh!r}")
-        self.capacity, self.refresh = capacity, refresh
-        self._items: OrderedDict[int, float] = OrderedDict()  # prompt -> accuracy when last seen; newest last
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def update(self, group_acc: dict[int, float], gate: float) -> None:
-        """Add the prompts below ``gate``; drop solved ones (``refresh="solved"``); keep at most ``capacity``."""
-        for p, acc in sorted(group_acc.items()):
-            if acc < gate:
-                self._items.pop(p, None)
-                self._items[p] = acc
-            elif self.refresh == "solved":
-                self._items.pop(p, None)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)  # the oldest failure
-
-    def prompts(self, n: int | None = None) -> list[int]:
-        """The ``n`` most recent failures (all when ``n`` is None), newest first."""
-        items = list(reversed(self._items))
-        return items if n is None else items[:n]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"items": list(self._items.items())}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self._items = OrderedDict((int(p), float(a)) for p, a in d["items"])
+__all__ = ["AutoNPO", "AutoNPOController", "AutoNPOLookahead", "MistakePool", "slope"]
 
 
-def slope(values: list[float]) -> float:
-    """Least-squares slope of ``values`` against 0, 1, 2, ... (per step).
+class _AutoNPOBase(NPO):
+    """What both readings share: the controller, the mistake pool, and observing each step."""
 
-    >>> slope([1.0, 2.0, 3.0]), slope([5.0, 5.0])
-    (1.0, 0.0)
-    """
-    n = len(values)
-    if n < 2:
-        return 0.0
-    xm = (n - 1) / 2
-    ym = sum(values) / n
-    num = sum((i - xm) * (v - ym) for i, v in enumerate(values))
-    den = sum((i - xm) ** 2 for i in range(n))
-    return num / den
-
-
-class AutoNPOController:
-    """Decides when AutoNPO looks ahead.
-
-    Call :meth:`observe` after every training step with its on-policy reward and entropy, :meth:`trigger`
-    before a step (returns the reason or None), and :meth:`record` when an intervention happened.
-
-    >>> c = AutoNPOController(AutoNPOConfig(window=5, cooldown=3, bootstrap_until=0))
-    >>> for t in range(10): c.observe(t, reward=0.5, entropy=1.0)
-    >>> c.trigger(10)
-    'stagnation'
-    """
-
-    def __init__(self, cfg: AutoNPOConfig) -> None:
-        self.cfg = cfg
-        self.smoothed: list[float] = []  # EMA of the on-policy reward, one per observed step
-        self.entropy_ema: float | None = None
-        self.early_entropy: list[float] = []
-        self.last_intervention: int | None = None
-        self.since_last = 0  # steps observed since the last intervention (or the start)
-        self.count = 0
-        self.last: dict[str, float] = {}
-
-    def observe(self, step: int, reward: float, entropy: float | None = None) -> None:
-        a = self.cfg.smoothing
-        prev = self.smoothed[-1] if self.smoothed else reward
-        self.smoothed.append(prev + a * (reward - prev) if self.smoothed else reward)
-        self.smoothed = self.smoothed[-self.cfg.window :]
-        if entropy is not None and entropy == entropy:
-            self.entropy_ema = (
-                entropy if self.entropy_ema is None else self.entropy_ema + a * (entropy - self.entropy_ema)
-            )
-            if len(self.early_entropy) < self.cfg.window:
-                self.early_entropy.append(entropy)
-        self.since_last += 1
-        self.last = {"reward": reward, "smoothed": self.smoothed[-1], "slope": self.reward_slope()}
-
-    def reward_slope(self) -> float:
-        """Slope of the smoothed reward over the last ``window`` observed steps."""
-        return slope(self.smoothed[-self.cfg.window :])
-
-    def trigger(self, step: int) -> str | None:
-        """``bootstrap``, ``stagnation``, ``entropy_collapse`` or None (cooldown, cap, or no signal)."""
-        cfg = self.cfg
-        if cfg.max_interventions and self.count >= cfg.max_interventions:
-            return None
-        if self.last_intervention is not None and step - self.last_intervention < cfg.cooldown:
-            return None
-        if not self.smoothed:
-            return None
-        if step < cfg.bootstrap_until and self.smoothed[-1] < cfg.bootstrap_floor:
-            return "bootstrap"
-        full = self.since_last >= cfg.window and len(self.smoothed) >= cfg.window
-        if full and self.reward_slope() < cfg.stagnation_slope:
-            return "stagnation"
-        if self.entropy_ema is not None and len(self.early_entropy) >= cfg.window and self.since_last >= cfg.window:
-            early = sum(self.early_entropy) / len(self.early_entropy)
-            if cfg.entropy_floor > 0 and self.entropy_ema < cfg.entropy_floor:
-                return "entropy_collapse"
-            if cfg.entropy_fraction > 0 and self.entropy_ema < cfg.entropy_fraction * early:
-                return "entropy_collapse"
-        return None
-
-    def record(self, step: int, counted: bool = True) -> None:
-        """An intervention happened at ``step``: start the cooldown and a fresh stagnation window.
-
-        ``counted=False`` (a trigger that could not act, e.g. an empty mistake pool) starts the cooldown
-        without counting towards ``max_interventions``."""
-        self.last_intervention = step
-        self.since_last = 0
-        self.count += int(counted)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "smoothed": list(self.smoothed),
-            "entropy_ema": self.entropy_ema,
-            "early_entropy": list(self.early_entropy),
-            "last_intervention": self.last_intervention,
-            "since_last": self.since_last,
-            "count": self.count,
-            "last": dict(self.last),
-        }
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.smoothed = list(d["smoothed"])
-        self.entropy_ema = d["entropy_ema"]
-        self.early_entropy = list(d["early_entropy"])
-        self.last_intervention = d["last_intervention"]
-        self.since_last = d["since_last"]
-        self.count = d["count"]
-        self.last = dict(d.get("last", {}))
-
-
-class AutoNPO(NPO):
-    """AutoNPO: NPO's guided steps, with interventions triggered online and Delta* = argmax Q-hat / V-hat."""
-
-    name = "autonpo"
-
-    def __init__(self, auto: AutoNPOConfig, cfg: NPOConfig, total_steps: int, correct_threshold: float = 0.5) -> None:
-        super().__init__(cfg, total_steps, correct_threshold)
-        self.schedule = []
+    def __init__(self, auto: AutoNPOConfig, cfg: NPOConfig, total_steps: int, grpo: GRPOConfig) -> None:
+        super().__init__(cfg, total_steps, grpo)
+        self.schedule, self.detector = [], None  # AutoNPO decides its interventions itself
         self.auto = auto
         self.controller = AutoNPOController(auto)
         self.pool = MistakePool(auto.pool_size, auto.pool_refresh)
         self.chosen: list[int] = []
-        self._trigger: tuple[str, list[int]] | None = None  # this step's reason and pool prompts, until scored
-
-    @classmethod
-    def from_configs(cls, cfgs: MethodConfigs, *, total_steps: int, grpo: GRPOConfig, **_: Any) -> AutoNPO:
-        return cls(cfgs.autonpo, cfgs.npo, total_steps, grpo.correct_threshold)
 
     def metrics(self, state: TrainState) -> dict[str, float]:
         c = self.controller
         return {
             "autonpo/pool_size": float(len(self.pool)),
             "autonpo/reward_slope": c.reward_slope(),
-            # the two signals the triggers read, as the controller sees them
+            # the signals the triggers read, as the controller sees them
             "autonpo/smoothed_reward": c.smoothed[-1] if c.smoothed else float("nan"),
             "autonpo/entropy_ema": c.entropy_ema if c.entropy_ema is not None else float("nan"),
+            "autonpo/entropy_slope": c.entropy_slope(),
         }
+
+    def after_step(self, state: TrainState, outcome: StepOutcome) -> None:
+        # group accuracy of the full on-policy group, before a guide replaced one of its rows
+        acc, _ = failing_groups(outcome.rollout, self.cfg.gate, self.thr, self.cfg.gate_op)
+        self.pool.update(acc, self.cfg.gate, state.step - 1, self.cfg.gate_op)
+        ent = None
+        batch, entropy = outcome.batch, outcome.entropy
+        if entropy is not None:  # mean token entropy of the policy on its own (on-policy) rows
+            on = (~batch.is_guide).unsqueeze(-1).float() * batch.mask  # (B, T)
+            ent = ((entropy * on).sum() / on.sum().clamp(min=1.0)).item()
+        self.controller.observe(state.step - 1, outcome.metrics["reward/on_policy_mean"], ent)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "controller": self.controller.state_dict(),
+            "pool": self.pool.state_dict(),
+            "chosen": list(self.chosen),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.controller.load_state_dict(d["controller"])
+        self.pool.load_state_dict(d["pool"])
+        self.chosen = list(d["chosen"])
+
+
+class AutoNPO(_AutoNPOBase):
+    """Retrospective AutoNPO: on a plateau, roll back Delta* steps and replay them with the present's answers."""
+
+    name = "autonpo"
+
+    def __init__(self, auto: AutoNPOConfig, cfg: NPOConfig, total_steps: int, grpo: GRPOConfig) -> None:
+        super().__init__(auto, cfg, total_steps, grpo)
+        self.snapshots = SnapshotRing(every=auto.snapshot_every, horizon=max(auto.candidates))
+        self._last: dict[str, float] = {}  # the chosen candidate's scores, from wants_rollback to use_rollback
+
+    @classmethod
+    def from_configs(cls, cfgs: MethodConfigs, *, total_steps: int, grpo: GRPOConfig, **_: Any) -> NPO:
+        if cfgs.autonpo.mode == "lookahead":
+            return AutoNPOLookahead(cfgs.autonpo, cfgs.npo, total_steps, grpo)
+        return cls(cfgs.autonpo, cfgs.npo, total_steps, grpo)
+
+    def slices(self, t: int, deltas: list[int]) -> dict[int, list[int]]:
+        """B_Delta for each candidate: the pool prompts that failed in [t - Delta, t - Delta_prev) (``band``, with
+        Delta_prev the next shorter candidate, 0 for the shortest) or in [t - Delta, t) (``since``)."""
+        out, prev = {}, 0
+        for d in sorted(deltas):
+            hi = t - prev if self.auto.slice == "band" else t
+            out[d] = self.pool.failed_in(t - d, hi)
+            prev = d
+        return out
+
+    def wants_rollback(self, state: TrainState, past: dict[int, Checkpoint]) -> RollbackRequest | None:
+        t = state.step
+        if t % self.auto.snapshot_every or self.controller.warning(t) is None:
+            return None
+        deltas = [d for d in self.auto.candidates if t - d in past]
+        slices = self.slices(t, deltas)
+        probe = [p for p in self.pool.prompts() if any(p in s for s in slices.values())][: self.auto.q_prompts]
+        if not deltas or not probe:
+            why = "no snapshot that far back" if not deltas else "no pool prompt failed in the candidate slices"
+            self.event(step=t, kind="skipped", reason="plateau", why=why)
+            self.controller.record(t, counted=False)  # wait a cooldown before asking again
+            return None
+        # the confirmation probe: pi_t (the current weights) answers the pool prompts of every candidate slice
+        rows = state.backend.rollout(probe, self.auto.q_samples)
+        logp_t = rows.behavior_logprobs
+        if torch.isnan(logp_t).any():  # a backend that leaves them to the trainer: one forward of pi_t
+            with torch.no_grad():
+                logp_t = state.backend.logprobs(rows)[0]
+        rows = rows.replace(behavior_logprobs=logp_t)
+        probed = set(probe)
+        scores: dict[int, dict[str, float]] = {}
+        for d in deltas:
+            sl = [p for p in slices[d] if p in probed]
+            scores[d] = self._score(state, rows, sl, past[t - d])
+        best, s = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])
+        self.controller.record(t)
+        self.event(
+            step=t,
+            kind="intervention",
+            reason="plateau",
+            reward_slope=self.controller.reward_slope(),
+            entropy_slope=self.controller.entropy_slope(),
+            pool=len(self.pool),
+            probe_prompts=len(probe),
+            probe_rows=rows.size,
+            candidates={d: scores[d] for d in deltas},
+            delta=best,
+        )
+        if best is None:
+            return None
+        # pi_t's verified answers to the chosen slice guide the replay; the pool forgets the failures it replays
+        chosen = set(slices[best])
+        self.cache.rows = verified_rows(
+            rows.select([i for i, p in enumerate(rows.group_ids.tolist()) if p in chosen]), self.thr
+        )
+        self.checkpoint, self.start, self.until = None, t - best, t
+        self.pool.forget_from(t - best)
+        self.chosen.append(best)
+        self._last = {"delta": float(best), **{k: scores[best][k] for k in ("q", "v", "s")}, "probe_rows": rows.size}
+        return RollbackRequest(to_step=t - best, reason="plateau")
+
+    def _score(self, state: TrainState, rows: RolloutBatch, slice_prompts: list[int], past: Checkpoint) -> dict:
+        """Q-hat, V-hat and S-hat of rolling back to the snapshot ``past``: pi_t's pass rate on the slice, and the
+        cost of teaching pi_t's verified answers to the past policy."""
+        nan = float("nan")
+        if not slice_prompts:
+            return {"q": nan, "v": nan, "s": nan, "slice": 0.0, "correct_rows": 0.0}
+        keep = set(slice_prompts)
+        mine = rows.select([i for i, p in enumerate(rows.group_ids.tolist()) if p in keep])
+        q = q_hat(mine.rewards, mine.group_ids, slice_prompts, self.thr)
+        correct = mine.select(torch.nonzero(mine.rewards > self.thr).squeeze(-1)).trim()
+        v = nan
+        if correct.size:
+            with torch.no_grad():
+                logp_past = state.backend.logprobs(correct, policy=past)[0]  # (B, T) under pi_{t-Delta}
+            v = v_hat(
+                logp_past, correct.behavior_logprobs, correct.mask,
+                estimator=self.auto.v, floor=self.auto.v_floor, kl_beta=self.auto.kl_beta,
+            )  # fmt: skip
+        return {
+            "q": q,
+            "v": v,
+            "s": s_hat(q, v),
+            "slice": float(len(slice_prompts)),
+            "correct_rows": float(correct.size),
+        }
+
+    def use_rollback(self, state: TrainState, request: RollbackRequest) -> dict[str, float]:
+        last, self._last = self._last, {}
+        return {
+            "autonpo/triggered": 1.0,
+            "autonpo/delta": last["delta"],
+            "autonpo/q_hat": last["q"],
+            "autonpo/v_hat": last["v"],
+            "autonpo/s_hat": last["s"],
+            "autonpo/probe_rows": float(last["probe_rows"]),
+            "autonpo/cache_size": float(len(self.cache)),
+        }
+
+    def wants_lookahead(self, state: TrainState) -> LookaheadRequest | None:
+        return None  # the retrospective reading never trains ahead
+
+    def guides(self, state: TrainState, batch: RolloutBatch, grpo: GRPOConfig) -> GuidePlan | None:
+        if not self.start <= state.step < self.until:
+            return None
+        _, gated = failing_groups(batch, self.cfg.gate, self.thr, self.cfg.gate_op)
+        rows, hits = self.cache.plan_rows(gated, batch)  # only mistake-pool prompts have a cached answer
+        loss = dict(guide_loss=self.cfg.guide_loss, shaping_gamma=self.cfg.shaping_gamma, is_cap=self.cfg.is_cap)
+        metrics = {
+            "guide/cache_size": float(len(self.cache)),
+            "guide/cache_coverage": self.cache.coverage(gated),
+            "guide/cache_hits": float(len(hits)),
+        }
+        return GuidePlan(rows, gated, "replace", self.cfg.guide_slots, self.cfg.slot, loss, metrics)
+
+
+class AutoNPOLookahead(_AutoNPOBase):
+    """The earlier reading (``autonpo.mode = lookahead``): look ahead at a trigger, guide from the best candidate.
+
+    At a trigger (bootstrap, stagnation or entropy collapse): one look-ahead of max(candidates) steps keeps
+    pi_{t+Delta} for every candidate; after the rollback each candidate samples ``q_samples`` rows on the most recent
+    mistake-pool prompts; Delta* = argmax Q-hat / V-hat guides the next ``cooldown`` steps with NPO's gate and
+    slots, its guide rows sampled online every step (``npo.guide_source`` is not read)."""
+
+    name = "autonpo"
+
+    def __init__(self, auto: AutoNPOConfig, cfg: NPOConfig, total_steps: int, grpo: GRPOConfig) -> None:
+        super().__init__(auto, dataclasses.replace(cfg, guide_source="online"), total_steps, grpo)
+        self._trigger: tuple[str, list[int]] | None = None  # this step's reason and pool prompts, until scored
 
     def wants_lookahead(self, state: TrainState) -> LookaheadRequest | None:
         t = state.step
@@ -241,7 +260,7 @@ class AutoNPO(NPO):
             result.checkpoints,
             k=self.auto.q_samples,
             correct_threshold=self.thr,
-            estimator=self.auto.v_estimator,
+            estimator=self.auto.v,
             floor=self.auto.v_floor,
             max_grad_rows=self.auto.max_grad_rows,
         )
@@ -263,7 +282,10 @@ class AutoNPO(NPO):
         )
         if best is not None:
             self.chosen.append(best)
-            self._open_window(t, result.checkpoints[best], t + self.auto.cooldown)
+            self.checkpoint, self.start = result.checkpoints[best], t
+            self.until = min(t + self.auto.cooldown, self.total_steps)
+            if self.cfg.guidance_window:
+                self.until = min(self.until, t + self.cfg.guidance_window)
         nan = float("nan")
         return {
             "autonpo/triggered": 1.0,
@@ -274,28 +296,3 @@ class AutoNPO(NPO):
             "autonpo/s_hat": max((x for x in s if x == x), default=nan),
             "autonpo/scoring_rows": float(scoring_rows),
         }
-
-    def after_step(self, state: TrainState, outcome: StepOutcome) -> None:
-        # group accuracy of the full on-policy group, before a guide replaced one of its rows
-        acc, _ = failing_groups(outcome.rollout, self.cfg.gate, self.thr)
-        self.pool.update(acc, self.cfg.gate)
-        ent = None
-        batch, entropy = outcome.batch, outcome.entropy
-        if entropy is not None:  # mean token entropy of the policy on its own (on-policy) rows
-            on = (~batch.is_guide).unsqueeze(-1).float() * batch.mask  # (B, T)
-            ent = ((entropy * on).sum() / on.sum().clamp(min=1.0)).item()
-        self.controller.observe(state.step - 1, outcome.metrics["reward/on_policy_mean"], ent)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "controller": self.controller.state_dict(),
-            "pool": self.pool.state_dict(),
-            "chosen": list(self.chosen),
-        }
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        super().load_state_dict(d)
-        self.controller.load_state_dict(d["controller"])
-        self.pool.load_state_dict(d["pool"])
-        self.chosen = list(d["chosen"])

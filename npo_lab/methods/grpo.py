@@ -9,7 +9,7 @@ from typing import Any
 from npo_lab.backend import Checkpoint
 from npo_lab.batch import RolloutBatch
 from npo_lab.config import GRPOConfig, MethodConfigs
-from npo_lab.train.method import GuidePlan, LookaheadRequest, StepOutcome
+from npo_lab.train.method import GuidePlan, LookaheadRequest, RollbackRequest, SnapshotRing, StepOutcome
 from npo_lab.train.rollback import LookaheadResult
 from npo_lab.train.state import TrainState
 
@@ -22,6 +22,7 @@ class GRPO:
     """
 
     name = "grpo"
+    snapshots: SnapshotRing | None = None
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
@@ -58,6 +59,12 @@ class GRPO:
         return None
 
     def use_lookahead(self, state: TrainState, result: LookaheadResult) -> dict[str, float]:
+        return {}
+
+    def wants_rollback(self, state: TrainState, past: dict[int, Checkpoint]) -> RollbackRequest | None:
+        return None
+
+    def use_rollback(self, state: TrainState, request: RollbackRequest) -> dict[str, float]:
         return {}
 
     def choose_prompts(self, state: TrainState, prompts: list[int]) -> list[int]:

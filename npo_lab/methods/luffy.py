@@ -31,7 +31,15 @@ class Luffy(GRPO):
         return cls(cfgs.luffy, teacher)
 
     def guides(self, state: TrainState, batch: RolloutBatch, grpo: GRPOConfig) -> GuidePlan | None:
-        rows, gated = policy_rows_for(state, batch, grpo, self.teacher, self.cfg.gate, self.cfg.teacher_samples)
+        rows, gated = policy_rows_for(
+            state,
+            batch,
+            grpo,
+            self.teacher,
+            self.cfg.gate,
+            self.cfg.teacher_samples,
+            op="lt",  # strictly below
+        )
         if rows is None:
             return None
         loss = dict(guide_loss=self.cfg.guide_loss, shaping_gamma=self.cfg.shaping_gamma)

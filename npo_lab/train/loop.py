@@ -1,9 +1,14 @@
-"""The training loop: evaluate, let the method look ahead (and roll back), take one GRPO step, log, checkpoint.
+"""The training loop: evaluate, let the method look ahead or roll back, take one GRPO step, log, checkpoint.
 
-Everything NPO adds to GRPO's loop is one visible branch here: when the method asks for it
-(:meth:`~npo_lab.train.method.Method.wants_lookahead`), the loop trains ahead, keeps the near-future checkpoints,
-rolls back exactly (:func:`npo_lab.train.rollback.lookahead`) and hands them to the method
-(:meth:`~npo_lab.train.method.Method.use_lookahead`), which then guides the following steps.
+Everything NPO and AutoNPO add to GRPO's loop is two visible branches here:
+
+* look-ahead (NPO): when the method asks (:meth:`~npo_lab.train.method.Method.wants_lookahead`), the loop trains
+  ahead, keeps the near-future checkpoints, rolls back exactly (:func:`npo_lab.train.rollback.lookahead`) and hands
+  them to the method (:meth:`~npo_lab.train.method.Method.use_lookahead`), which guides the replayed steps;
+* rollback (AutoNPO): the loop keeps a ring of past states for a method that asks for it
+  (:attr:`~npo_lab.train.method.Method.snapshots`); when the method names one
+  (:meth:`~npo_lab.train.method.Method.wants_rollback`), the loop restores it exactly, rewinds the logs and results
+  to it, counts the discarded steps as extra steps, and trains on from there.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from npo_lab.config import GRPOConfig, RunConfig
 from npo_lab.metrics import Logger, NullLogger
 from npo_lab.train.method import Method
-from npo_lab.train.rollback import lookahead
+from npo_lab.train.rollback import lookahead, restore, snapshot
 from npo_lab.train.state import TrainState
 from npo_lab.train.step import grpo_step
 
@@ -31,14 +36,17 @@ class RunResult:
     seed: int
     evals: list[tuple[int, float]] = field(default_factory=list)
     interventions: list[int] = field(default_factory=list)
-    """Steps at which the method looked ahead."""
+    """Steps at which the method spent extra steps: where it looked ahead, or the step a rollback returned to."""
     intervention_costs: list[int] = field(default_factory=list)
-    """Look-ahead steps spent at each intervention (same order as ``interventions``)."""
+    """Extra steps spent at each intervention (same order as ``interventions``): look-ahead steps, or the steps a
+    rollback discarded."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """Every decision the method logged (interventions with AutoNPO's scores, pool builds)."""
     lookahead_steps: int = 0
+    """Extra steps in all: look-ahead steps and steps discarded by rollbacks."""
     lookahead_s: float = 0.0
-    """Wall time of the look-aheads and of what the method did with them (AutoNPO: scoring its candidates)."""
+    """Wall time of the look-aheads, the rollbacks, and what the method did with them (scoring candidates, probes,
+    filling its guide cache)."""
     wall_s: float = 0.0
     final_accuracy: float = float("nan")
     train_reward: list[float] = field(default_factory=list)
@@ -60,6 +68,7 @@ def train(
     save_checkpoint: Callable[[TrainState, dict[str, Any]], None] | None = None,
     events: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    on_rollback: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train ``run.steps`` steps of ``method`` on ``state``; evaluate every ``run.eval_every`` steps
     (``state.backend.evaluate`` unless ``evaluate`` is given) and at the end.
@@ -72,21 +81,31 @@ def train(
         evaluate: held-out metrics, including ``eval/accuracy``.
         seed: recorded in the result.
         logger: receives every step's metrics (look-ahead steps as ``lookahead/*`` on their own counter).
-        on_step: called with 1 after every training step (a progress bar).
+        on_step: called with 1 after every training step, and with minus the steps a rollback discarded (a progress
+            bar).
         save_checkpoint: ``save_checkpoint(state, loop)`` every ``run.checkpoint_every`` steps and at the end,
             between two training steps (never inside a look-ahead); ``loop`` is this loop's own state.
         events: receives every decision the method logs, as it happens.
         resume: the ``loop`` of a checkpoint whose state ``state`` was restored from: the run continues exactly.
+        on_rollback: called with the step a rollback returned to (the command line sets aside the checkpoints
+            written after it, which belong to the discarded trajectory).
     """
     if isinstance(method, str):  # a name is not a method: say how to make one
         raise ValueError(f"train: pass a method object, e.g. npo_lab.methods.make_method({method!r}, ...), not a name")
     method.emit = events
     evaluate = evaluate or state.backend.evaluate
     log = logger or NullLogger()
+    if method.snapshots is not None and not (hasattr(log, "mark") and hasattr(log, "rewind")):
+        raise TypeError(
+            f"{method.name} may roll back, so its logger must be able to rewind: give {type(log).__name__} the mark() "
+            "and rewind() of npo_lab.metrics.Logger (MemoryLogger, CSVLogger and TensorBoardLogger have them)"
+        )
     result = RunResult(method=method.name, seed=seed)
     state.total_steps = state.total_steps or run.steps
     t_start = time.perf_counter()
     la_step, wall_before, finished = 0, 0.0, False
+    ring: dict[int, tuple[dict[str, Any], Any]] = {}  # step -> (snapshot of the state, the logger's mark there)
+    carry: dict[str, float] = {}  # metrics of a rollback, logged with the first step trained after it
 
     def plain_step() -> dict[str, float]:
         """One look-ahead step: plain GRPO, logged on the look-ahead counter."""
@@ -114,6 +133,8 @@ def train(
             "evals": [[s, a] for s, a in result.evals],
             "train_reward": list(result.train_reward),
             "zero_std_groups": list(result.zero_std_groups),
+            "ring": [[s, snap, mark] for s, (snap, mark) in sorted(ring.items())],
+            "carry": dict(carry),
         }
 
     if resume is not None:  # the state is restored; the loop's own state comes back here
@@ -126,14 +147,20 @@ def train(
         result.evals = [(int(s), float(a)) for s, a in resume["evals"]]
         result.train_reward = list(resume["train_reward"])
         result.zero_std_groups = list(resume["zero_std_groups"])
+        ring = {int(s): (snap, mark) for s, snap, mark in resume.get("ring", [])}
+        carry = dict(resume.get("carry", {}))
     else:
         method.setup(state)
     while state.step < run.steps:
         finished = False  # (a finished run resumed with more steps)
-        if state.step % run.eval_every == 0:
-            do_eval()
         t = state.step
-        m_method = method.metrics(state)
+        if t % run.eval_every == 0 and not (result.evals and result.evals[-1][0] == t):  # (done before a rollback)
+            do_eval()
+        ring_cfg = method.snapshots
+        if ring_cfg is not None and t % ring_cfg.every == 0 and t not in ring:  # a state a rollback may return to
+            ring[t] = (snapshot(state), log.mark(t))
+            ring = {s: v for s, v in ring.items() if s >= t - ring_cfg.horizon}
+        m_method, carry = {**carry, **method.metrics(state)}, {}
         ask = method.wants_lookahead(state)
         if ask is not None:  # NPO: train ahead, keep pi_{t+Delta}, roll back to t exactly; the method keeps them
             la = lookahead(state, ask.deltas, plain_step, ask.restore_optimizer)
@@ -145,6 +172,32 @@ def train(
             result.lookahead_s += seconds
             m_method["npo/lookahead_steps"] = float(sum(result.intervention_costs))
             m_method["npo/lookahead_s"] = seconds
+        t0 = time.perf_counter()
+        back = method.wants_rollback(state, {s: snap["policy"] for s, (snap, _) in ring.items() if s < t})
+        if back is not None:  # AutoNPO: return to an earlier step exactly; the steps since then become extra steps
+            s = back.to_step
+            if s not in ring or s >= t:
+                raise ValueError(f"step {t}: {method.name} asked to roll back to step {s}, which no snapshot holds")
+            snap, mark = ring[s]
+            restore(state, snap)
+            log.rewind(mark)  # metrics.csv and TensorBoard keep the trajectory the run keeps
+            for r, z in zip(result.train_reward[s:t], result.zero_std_groups[s:t]):  # the discarded steps' rewards
+                log.log({"lookahead/reward/on_policy_mean": r, "lookahead/reward/frac_zero_std": z}, la_step)
+                la_step += 1
+            del result.train_reward[s:], result.zero_std_groups[s:]
+            result.evals = [(es, a) for es, a in result.evals if es <= s]
+            ring = {k: v for k, v in ring.items() if k <= s}
+            result.interventions.append(s)
+            result.intervention_costs.append(t - s)
+            carry = method.use_rollback(state, back)
+            seconds = time.perf_counter() - t0  # the method's probe, its cache and the restore
+            result.lookahead_s += seconds
+            carry.update({"npo/lookahead_steps": float(sum(result.intervention_costs)), "npo/lookahead_s": seconds})
+            if on_rollback is not None:
+                on_rollback(s)
+            if on_step is not None:
+                on_step(s - t)  # a progress bar shows the training step the run is at
+            continue
         t0 = time.perf_counter()
         m = grpo_step(state, grpo, method)
         m["time/step"] = time.perf_counter() - t0

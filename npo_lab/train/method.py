@@ -4,7 +4,8 @@ method offers a batch, and the :class:`StepOutcome` it observes after a step.
 The methods themselves (GRPO, NPO, AutoNPO, LUFFY, ExGRPO, RLEP) live in :mod:`npo_lab.methods`, one file each.
 The loop never hands a method a callback: a method that wants to look ahead says so
 (:meth:`Method.wants_lookahead`), the loop looks ahead and rolls back, and gives the method the checkpoints
-(:meth:`Method.use_lookahead`).
+(:meth:`Method.use_lookahead`); a method that wants to go back to an earlier step (AutoNPO) asks the loop to keep
+snapshots (:attr:`Method.snapshots`) and names the step (:meth:`Method.wants_rollback`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from torch import Tensor
 
+from npo_lab.backend import Checkpoint
 from npo_lab.batch import RolloutBatch
 from npo_lab.config import GRPOConfig
 from npo_lab.train.rollback import LookaheadResult
@@ -59,6 +61,30 @@ class LookaheadRequest:
             raise ValueError(f"look-ahead distances must be >= 1, got {self.deltas!r}")
 
 
+@dataclass(frozen=True)
+class SnapshotRing:
+    """Which past states the loop keeps for a method that may roll back: one every ``every`` steps, for ``horizon``
+    steps (snapshots at steps divisible by ``every``, no older than the current step minus ``horizon``)."""
+
+    every: int
+    horizon: int
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.horizon < self.every:
+            raise ValueError(
+                f"a snapshot ring needs every >= 1 and horizon >= every, not {self.every}, {self.horizon}"
+            )
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """A method's request to put the run back to an earlier step and train again from there."""
+
+    to_step: int
+    """A step of the snapshot ring, before the current step."""
+    reason: str = ""
+
+
 @dataclass
 class StepOutcome:
     """What one training step did, for the method to observe (:meth:`Method.after_step`).
@@ -80,11 +106,14 @@ class Method(Protocol):
     """A training method: plain GRPO plus where extra rows come from and when to look ahead.
 
     Per step the loop calls, in this order: :meth:`metrics` and :meth:`wants_lookahead` (then, if it asked,
-    looks ahead, rolls back and calls :meth:`use_lookahead`); inside the GRPO step :meth:`choose_prompts` and
-    :meth:`guides`; and :meth:`after_step`. :meth:`setup` runs once before the first step of a new run.
+    looks ahead, rolls back and calls :meth:`use_lookahead`); :meth:`wants_rollback` (then, if it asked, restores the
+    snapshot, calls :meth:`use_rollback` and continues from that step); inside the GRPO step :meth:`choose_prompts`
+    and :meth:`guides`; and :meth:`after_step`. :meth:`setup` runs once before the first step of a new run.
     """
 
     name: str
+    snapshots: SnapshotRing | None
+    """None, or the past states the loop must keep so that :meth:`wants_rollback` can return to one."""
     events: list[dict[str, Any]]
     """Every decision the method took (interventions, scores, pool builds), in order."""
     emit: Callable[[dict[str, Any]], None] | None
@@ -102,6 +131,14 @@ class Method(Protocol):
 
     def use_lookahead(self, state: TrainState, result: LookaheadResult) -> dict[str, float]:
         """Take the near-future checkpoints (the run is back at step t); returns metrics of the intervention."""
+        ...
+
+    def wants_rollback(self, state: TrainState, past: dict[int, Checkpoint]) -> RollbackRequest | None:
+        """Whether to go back to an earlier step now; ``past`` holds the policy of every kept snapshot by step."""
+        ...
+
+    def use_rollback(self, state: TrainState, request: RollbackRequest) -> dict[str, float]:
+        """The run is back at ``request.to_step`` (weights, optimizer, RNGs, data cursor); returns metrics."""
         ...
 
     def choose_prompts(self, state: TrainState, prompts: list[int]) -> list[int]: ...

@@ -10,9 +10,14 @@ def make_batch(rewards, group_ids, t=3, tag=0.0):
     return shared_batch(rewards, group_ids, t, behavior=tag, extras=[("row", tag, i) for i in range(len(rewards))])
 
 
-def test_gate_is_strictly_below_threshold():
-    assert guide_gate(torch.tensor([0.0, 0.59, 0.6, 0.61, 1.0]), 0.6).tolist() == [True, True, False, False, False]
-    assert guide_gate(torch.tensor([0.0, 1.0]), 0.0).tolist() == [False, False]
+def test_gate_is_at_most_the_threshold_as_in_the_paper_or_strictly_below():
+    acc = torch.tensor([0.0, 0.59, 0.6, 0.61, 1.0])
+    assert guide_gate(acc, 0.6).tolist() == [True, True, True, False, False]  # p-hat <= 0.6 (the paper)
+    assert guide_gate(acc, 0.6, op="lt").tolist() == [True, True, False, False, False]  # the authors' code: <
+    assert guide_gate(torch.tensor([0.0, 1.0]), 0.0).tolist() == [True, False]
+    assert guide_gate(torch.tensor([0.0, 1.0]), 0.0, op="lt").tolist() == [False, False]
+    with pytest.raises(ValueError, match="op must be one of"):
+        guide_gate(acc, 0.6, op="<=")
 
 
 def test_group_accuracy():

@@ -139,3 +139,45 @@ def test_shaped_is_guide_rows_weight_the_ratio_to_the_recorded_logprobs():
     loss.backward()
     assert logp.grad[1, 0].item() == pytest.approx(-2.0 * 0.1 * w / (w + 0.1) ** 2 / 2, rel=1e-4)
     assert logp.grad[0, 0].item() == pytest.approx(-0.5, rel=1e-5)
+
+
+def test_guide_behavior_clipped_by_hand():
+    """NPO's objective for the guide slot: the clipped ratio to the policy that sampled it (pi_{t+Delta})."""
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.3, 0.3]])).requires_grad_(True)
+    old = torch.log(torch.tensor([[0.5, 0.2], [0.3, 0.3]]))  # the recomputed anchor: ratio 1 on every token
+    behavior = torch.log(torch.tensor([[0.5, 0.2], [0.2, 0.6]]))  # row 1 was sampled by the guide
+    adv = torch.tensor([-1.0, 2.0])
+    guide = torch.tensor([False, True])
+    loss, _ = policy_loss(logp, old, adv, torch.ones(2, 2), is_guide=guide, behavior_logprobs=behavior,
+                          guide_loss="behavior_clipped", aggregation="seq_mean")  # fmt: skip
+    # row 1: rho_b = 0.3/0.2 = 1.5 (clipped to 1.2: A > 0, so -1.2 * 2) and 0.3/0.6 = 0.5 (unclipped: -0.5 * 2)
+    rho = torch.tensor([1.5, 0.5])
+    row1 = (-torch.minimum(rho * 2.0, rho.clamp(0.8, 1.2) * 2.0)).mean()
+    row0 = torch.tensor(1.0)  # on-policy row at ratio 1: -(1 * -1)
+    torch.testing.assert_close(loss, (row0 + row1) / 2)
+    loss.backward()
+    # the clipped token has no gradient; the other: d(-A rho)/d logp = -A rho / T / B = -2 * 0.5 / 2 / 2
+    torch.testing.assert_close(logp.grad[1], torch.tensor([0.0, -0.25]))
+    with pytest.raises(ValueError, match="behavior_logprobs"):
+        policy_loss(logp, old, adv, torch.ones(2, 2), is_guide=guide, guide_loss="behavior_clipped")
+
+
+def test_dual_clip_caps_the_loss_of_a_negative_advantage_by_hand():
+    logp = torch.tensor([[math.log(5.0), math.log(2.0)]], requires_grad=True)  # ratios 5 and 2 against old = 0
+    adv = torch.tensor([-1.0])
+    loss, m = policy_loss(logp, torch.zeros(1, 2), adv, torch.ones(1, 2), dual_clip_c=3.0, aggregation="seq_mean")
+    # plain clipped loss would be max(-A rho, -A clip(rho)) = 5 and 2; the dual clip caps the first at -c A = 3
+    torch.testing.assert_close(loss, torch.tensor((3.0 + 2.0) / 2))
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 1.0]]))  # d(2 exp(x))/dx / 2 = rho / 2 = 1
+    assert m["policy/clipfrac"] == 0.5  # the capped token (the other: ratio 2 > 1.2 but A < 0, not clipped)
+    plain, _ = policy_loss(logp.detach(), torch.zeros(1, 2), adv, torch.ones(1, 2), aggregation="seq_mean")
+    torch.testing.assert_close(plain, torch.tensor(3.5))  # off by default
+
+
+def test_the_log_ratio_clamp_keeps_an_exploding_ratio_finite():
+    logp = torch.tensor([[100.0]], requires_grad=True)
+    loss, m = policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1))
+    assert math.isfinite(loss.item()) and loss.item() == pytest.approx(math.exp(20.0))
+    unclamped, _ = policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), log_ratio_clamp=0.0)
+    assert math.isinf(unclamped.item())

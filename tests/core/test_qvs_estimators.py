@@ -64,3 +64,18 @@ def test_s_hat():
     assert s_hat(0.6, 1.5) == pytest.approx(0.4)
     assert math.isnan(s_hat(float("nan"), 1.0))
     assert math.isnan(s_hat(0.5, 0.0))
+
+
+def test_kl_exp_is_the_exponential_of_the_mean_token_kl_by_hand():
+    """The paper's V-hat: exp(beta * per-token KL(pi_src || pi_t)) on the source's rows, k3 estimator."""
+    from npo_lab.core.signal import token_kl
+
+    src = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))  # the source wrote these tokens
+    cur = torch.log(torch.tensor([[0.25, 0.25, 0.3]]))  # pi_t's log-probs of them
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
+    r = torch.tensor([0.5, 1.0])  # pi_t / pi_src on the two real tokens
+    kl = (r - 1 - torch.log(r)).mean().item()
+    assert token_kl(cur, src, mask) == pytest.approx(kl)
+    assert v_hat(cur, src, mask, estimator="kl_exp", kl_beta=3.0) == pytest.approx(math.exp(3.0 * kl))
+    assert v_hat(cur, src, mask, estimator="kl_exp", floor=5.0) == pytest.approx(math.exp(kl))  # no floor
+    assert math.isnan(v_hat(cur, src, torch.zeros(1, 3), estimator="kl_exp"))

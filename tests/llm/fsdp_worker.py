@@ -47,7 +47,7 @@ def main(out: str) -> None:
 
     res = train(
         state,
-        NPO(NPOConfig(delta=1, interventions=(0,), guide_samples=4), 2),
+        NPO(NPOConfig(delta=1, interventions=(0,), guide_samples=4), 2, grpo),
         RunConfig(steps=2, eval_every=2),
         grpo,
         logger=Rows(),

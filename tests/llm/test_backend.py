@@ -250,7 +250,7 @@ def test_a_full_npo_step_end_to_end(make_backend):
     npo = NPOConfig(delta=2, interventions=(0,), guide_samples=4, gate=0.6)
     state = make_state(be, grpo, seed=0)
     before = {n: p.detach().clone() for n, p in be.model.named_parameters()}
-    source = NPO(npo, total_steps=3)
+    source = NPO(npo, 3, grpo)
     rows = []
     res = train(state, source, RunConfig(steps=3, eval_every=3), grpo, on_step=None, logger=_Rows(rows))
     assert res.interventions == [0] and res.lookahead_steps == 2

@@ -112,7 +112,7 @@ def main(out: str, strategy: str, dtype: str) -> None:
     log = Rows()
     res = train(
         state,
-        NPO(NPOConfig(delta=1, interventions=(1,), guide_samples=4), 3),
+        NPO(NPOConfig(delta=1, interventions=(1,), guide_samples=4), 3, GRPO),
         RunConfig(steps=3, eval_every=2),
         GRPO,
         logger=log,
