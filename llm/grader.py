@@ -51,6 +51,7 @@ _PHRASE_VALUE_CHARS = 400  # an answer phrase's value ends at the sentence end, 
 _LEAD_IN_CHARS = 300  # how far back the sentence holding the final answer is searched for an alternative
 _LAST_PHRASES = 16  # only the last phrases can hold the final answer; older ones are not scanned (linear time)
 _MAX_NUMBER_DIGITS = 200  # longer digit strings are left to math-verify (Python's int() refuses > 4300 digits)
+_MAX_NUMBER_CHARS = 300  # a plain number with its unit is never longer; keeps the suffix regexes short
 
 # --- tokens -------------------------------------------------------------------------------------------------------
 _BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)  # an escaped character (\{, \}, \\) or a brace
@@ -82,8 +83,9 @@ _RETRACTION = (
     r"except|otherwise|unsure|doubt|guess|mean|meant|approx\w*|about|around|roughly|nearly|almost"
 )
 _NUMBER_WORD = re.compile(
-    r"(?i)(?<![a-z])(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\w+teen|twenty|thirty|"
-    r"forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|half|third|quarter)(?![a-z])"
+    r"(?i)(?<![a-z])(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|"
+    r"fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+    r"thousand|million|billion|half|third|quarter)(?![a-z])"
 )
 _RETRACTION_WORD = re.compile(rf"(?i)(?<![\\a-z])(?:{_RETRACTION})(?![a-z])")
 _ALTERNATIVE_WORD = re.compile(r"(?i)(?<![\\a-z])(?:or|and)(?![a-z])|\\lor(?![a-z])|\\vee(?![a-z])|\?")
@@ -128,7 +130,7 @@ _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![A-Za-z])|\\displaystyle(?![A-Za-z
 _WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
 _WRAP_CMD = re.compile(r"\\(boxed|fbox|mathbf|textbf|boldsymbol|bm|mathrm|text|textrm|mbox|num)[ \t]*+(?=\{)")
 _TEXT_CMDS = frozenset({"text", "textrm", "mathrm", "mbox"})  # a value wrapped in these stays text ...
-_NUMBERLIKE = re.compile(r"\s*[+-]?[0-9][0-9.,/ ]*\s*")  # ... unless it is a number: \text{42}
+_NUMBERLIKE = re.compile(r"[ ]*+[+-]?[0-9][0-9.,/ ]*+")  # ... unless it is a number: \text{42}
 _CHOICE_PREFIX = re.compile(r"(?i)^(?:option|choice|answer)\s*:?\s*")
 _CHOICE = re.compile(r"\(?([A-Ja-j])\)?\.?")
 
@@ -152,6 +154,7 @@ _NUM_SLASH = re.compile(r"([+-]?)([0-9]+)/([0-9]+)")
 _SPACE_NOT_IN_DIGITS = re.compile(r"(?<![0-9]) | (?![0-9])")
 _ASSIGNMENT = re.compile(r"[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?=")  # x=, x_1=
 _CURRENCY = re.compile(r"\\?\$")
+# quadratic on a long run of units, so only ever applied to _MAX_NUMBER_CHARS characters (in _number)
 _UNIT_SUFFIX = re.compile(
     r"(?:\\(?:text|textrm|mathrm|mbox)\{[A-Za-z^ .]*\}(?:\^\{?[23]\}?)?|\^\{?\\circ\}?|\\circ|\\degree)+$"
 )
@@ -558,6 +561,8 @@ def _choice_letter(s: str) -> str | None:
 def _number(s: str, allow_assignment: bool) -> _Number | None:
     """s as a plain number (integer, decimal, fraction, with an optional percent sign, unit or 'x =' in front),
     or None when it is anything else."""
+    if len(s) > _MAX_NUMBER_CHARS:
+        return None
     s = _SPACE_NOT_IN_DIGITS.sub("", s)  # "2 8080" is not a number (normalise joined real digit groups)
     if allow_assignment:
         m = _ASSIGNMENT.match(s)
