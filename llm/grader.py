@@ -52,12 +52,14 @@ _LEAD_IN_CHARS = 300  # how far back the sentence holding the final answer is se
 _LAST_PHRASES = 16  # only the last phrases can hold the final answer; older ones are not scanned (linear time)
 _MAX_NUMBER_DIGITS = 200  # longer digit strings are left to math-verify (Python's int() refuses > 4300 digits)
 _MAX_NUMBER_CHARS = 300  # a plain number with its unit is never longer; keeps the suffix regexes short
+_BOLD_VALUE_CHARS = 200  # bold text longer than this is emphasis, not an answer
 
 # --- tokens -------------------------------------------------------------------------------------------------------
 _BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)  # an escaped character (\{, \}, \\) or a brace
 _BOX = re.compile(r"\\(?:boxed|fbox(?!sep|rule))")  # \boxedB, \boxed43 too: a box whose argument is unclear
 _BOLD_CMD = re.compile(r"\\(?:mathbf|textbf|boldsymbol|bm)(?![A-Za-z])[ \t]*+(?=\{)")
 _BOLD_STARS = re.compile(r"\*\*")
+_NON_SPACE = re.compile(r"\S")
 _TAG_OPEN = re.compile(r"<answer>", re.IGNORECASE)
 _TAG_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
 _THINK_CLOSE = "</think>"
@@ -256,8 +258,8 @@ def _box_spans(text: str, pairs: dict[int, int]) -> list[_Span]:
             close = pairs.get(j)
             if close is None:  # unclosed: it runs to the end of the text, so nothing after it can be the answer
                 spans.append(_Span(m.start(), len(text), j + 1, len(text), "box", malformed=True))
-            else:
-                empty = not text[j + 1 : close].strip()
+            else:  # searched in place: slicing every box of a deep nest would copy quadratically
+                empty = _NON_SPACE.search(text, j + 1, close) is None
                 spans.append(_Span(m.start(), close + 1, j + 1, close, "box", malformed=empty))
         else:  # \boxed43, \boxed 43: TeX would box only the first token; which answer was meant is unclear
             k = j
@@ -283,7 +285,7 @@ def _looks_like_a_value(s: str) -> bool:
     """A short math value: no newline, no word of two or more letters outside braces and commands, and a digit,
     a LaTeX command or a single letter in it (so "Step 1" and "Note" are not values, "79/173" and "(B)" are)."""
     s = s.strip().strip("$").strip()
-    if not s or len(s) > 200 or "\n" in s:
+    if not s or len(s) > _BOLD_VALUE_CHARS or "\n" in s:
         return False
     depth = 0
     flat = []
@@ -299,11 +301,15 @@ def _bold_spans(text: str, pairs: dict[int, int]) -> list[_Span]:
     spans = []
     stars = [m.start() for m in _BOLD_STARS.finditer(text)]
     for a, b in zip(stars[::2], stars[1::2]):
-        if _looks_like_a_value(text[a + 2 : b]):
+        if b - a <= _BOLD_VALUE_CHARS and _looks_like_a_value(text[a + 2 : b]):
             spans.append(_Span(a, b + 2, a + 2, b, "bold"))
     for m in _BOLD_CMD.finditer(text):
-        close = pairs.get(m.end())
-        if close is not None and _looks_like_a_value(text[m.end() + 1 : close]):
+        close = pairs.get(m.end())  # length checked before slicing: nested \mathbf{ would copy quadratically
+        if (
+            close is not None
+            and close - m.end() <= _BOLD_VALUE_CHARS
+            and _looks_like_a_value(text[m.end() + 1 : close])
+        ):
             spans.append(_Span(m.start(), close + 1, m.end() + 1, close, "bold"))
     return spans
 
@@ -489,7 +495,9 @@ def final_answer(text: str) -> FinalAnswer:
     mine = normalise(value)
     for other in kept[:-1]:
         if other.end > lead_start and other.end <= final.start:
-            if other.malformed or normalise(text[other.value_start : other.value_end]) != mine:
+            if other.malformed or other.value_end - other.value_start > MAX_ANSWER_CHARS:
+                return FinalAnswer(None, "hedged")
+            if normalise(text[other.value_start : other.value_end]) != mine:
                 return FinalAnswer(None, "hedged")
     return FinalAnswer(value, final.kind)
 

@@ -243,6 +243,20 @@ def test_megabyte_inputs_return(piece):
         assert out[0].score in (0.0, 1.0, None)
 
 
+@pytest.mark.parametrize("opener", ["\\boxed{", "\\mathbf{", "{", "<answer>"])
+def test_deep_balanced_nesting_returns(opener):
+    """A box, bold or brace nest 100,000 deep around an answer: spans are checked in place, never sliced one by one
+    (copying every nested box's content would be quadratic)."""
+    closer = "</answer>" if opener == "<answer>" else "}"
+    text = opener * 100_000 + "42" + closer * 100_000
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(decide(text, "42")), daemon=True)
+    thread.start()
+    thread.join(300)
+    assert not thread.is_alive(), "hang guard (300 s) fired: decide() never returned on a deep nest"
+    assert out[0].score in (0.0, 1.0, None)
+
+
 @pytest.mark.parametrize(
     "value, expected",
     [
