@@ -9,10 +9,11 @@ module decides, in the parent process, in linear time, without math-verify and w
 
 1. **The final answer** (``final_answer``): the last answer-bearing span of the completion, where a span is a
    ``\\boxed{...}`` or ``\\fbox{...}`` (a space before the brace is allowed: TeX ignores it), an
-   ``<answer>...</answer>`` tag, an answer phrase ("the answer is ...", "Final answer: ...", a "Final Answer"
-   heading line, a GSM8K ``#### ...`` line), or a bold value (``**79/173**``, ``\\mathbf{43}``); a completion
-   with none of these counts only when it is a bare value as a whole ("42", "$\\frac12$"). Answers inside a
-   ``<think>`` block are spans like any other, so a later answer supersedes them.
+   ``<answer>...</answer>`` tag, an answer phrase ("the answer is ...", "Final answer: ...", "the correct option
+   is ...", a "Final Answer" heading line, a GSM8K ``#### ...`` line), or a bold value (``**79/173**``,
+   ``\\mathbf{43}``). A completion with none of these counts only when it is a bare value as a whole ("42",
+   "$\\frac12$") or ends on a concluding sentence ("So there are 42 apples."). Answers inside a ``<think>``
+   block are spans like any other, so a later answer supersedes them.
 2. **Commitment.** The completion scores 0 when its final span is malformed (``\\boxed43``, an unclosed box or
    tag, an empty box), when what follows it holds a number, a box, a multiple-choice letter or a retraction or
    hedge word ("wait", "actually", "or", "not", ...), when the sentence holding it offers an alternative
@@ -170,10 +171,10 @@ class FinalAnswer:
     Attributes:
         answer: The final span's text (LaTeX as written, not yet normalised); None when the completion scores 0
             whatever the reference is.
-        kind: Where the answer came from ("box", "tag", "phrase", "bold", "bare"), or why there is none:
-            "no_answer", "malformed" (``\\boxed43``, an unclosed box or tag, an empty box), "retracted" (a number,
-            box, choice letter or retraction word follows), "hedged" (an alternative in the same sentence), or
-            "several" (more than one box in the final span).
+        kind: Where the answer came from ("box", "tag", "phrase", "bold", "bare", "conclusion"), or why there
+            is none: "no_answer", "malformed" (``\\boxed43``, an unclosed box or tag, an empty box), "retracted"
+            (a number, box, choice letter or retraction word follows), "hedged" (an alternative in the same
+            sentence), or "several" (more than one box in the final span).
     """
 
     answer: str | None
