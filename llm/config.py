@@ -75,7 +75,8 @@ class RewardConfig:
     """The verifiable reward: math-verify accuracy, an optional format reward, optional custom callables."""
 
     accuracy_weight: float = 1.0
-    """Weight of the math-verify accuracy reward (1 when the final answer equals the ground truth)."""
+    """Weight of the accuracy reward: 1 when the completion's final answer (its last box, answer tag or answer
+    phrase, with no later answer, retraction or hedge: docs/llm.md) equals the ground truth, by math-verify."""
     format_weight: float = 0.0
     """Weight of the format reward (1 when the completion ends with a \\boxed{} answer, and has a
     <think>...</think> block first when think_tags is on). Keep it below 0.5 so a well-formatted wrong
@@ -92,6 +93,15 @@ class RewardConfig:
     """Only the last max_chars characters of a completion are parsed (size limit on untrusted text)."""
     workers: int = 1
     """Grading worker processes."""
+    lowest_terms: bool = True
+    """A fraction in the answer must be in lowest terms (2/4 is wrong for 1/2, 4/2 for 2) unless the ground truth
+    itself has an unreduced fraction. Turn off for tasks that do not ask for simplified answers. [assumption: on,
+    as MATH-style ground truths are reduced and their problems ask for simplest form]"""
+    decimal_match: Literal["exact", "rounded"] = "exact"
+    """How a plain-number answer is compared with a plain-number ground truth. exact: equal as exact rationals
+    (2.50 = 5/2; 2.5000001 is wrong for 2.5, 0.333 for 1/3). rounded: an answer with more decimal places than a
+    decimal ground truth also counts when it rounds (half away from zero) to it at the ground truth's places
+    (3.1416 for 3.14), for datasets whose answers were rounded; then 2.5000001 counts for 2.5 too. [assumption]"""
 
     def __post_init__(self) -> None:
         _check(self.timeout_s > 0, "llm.reward.timeout_s", self.timeout_s, "> 0")

@@ -1,12 +1,21 @@
 """Verifiable rewards for model completions: math-verify accuracy, a format reward, custom callables.
 
 Threat model: a completion is untrusted text written by the policy, which is optimised to find whatever the grader
-rewards. So nothing in it is ever eval'd or exec'd; only its last ``max_chars`` characters are graded (size limit);
-the scans done here (``extract_boxed``, ``format_reward``) run in linear time without backtracking regexes; and
-math-verify (regexes, a LaTeX parser and sympy, which spends minutes or more on inputs like ``9^{9^{9^{9^{9}}}}``)
-runs in a worker process that is killed and replaced when an item takes longer than ``timeout_s`` (time limit), so a
-hostile completion costs at most ``timeout_s`` and a score of 0. math-verify's own timeouts use ``signal.alarm``,
-which only works on the main thread; they are switched off, so grading also works from any thread.
+rewards. Only its last ``max_chars`` characters are graded (size limit). ``npo_lab.llm.grader`` decides, in this
+process and in linear time, which span is the completion's final answer and whether it commits to it (a later
+answer, a retraction or a hedge scores 0), and grades what needs no algebra (plain numbers, exactly; choice
+letters; written-form rules such as lowest terms). The rest goes to math-verify (regexes, a LaTeX parser and
+sympy, which spends minutes or more on inputs like ``9^{9^{9^{9^{9}}}}``), in a worker process that is killed and
+replaced when an item takes longer than ``timeout_s`` (time limit), so a hostile completion costs at most
+``timeout_s`` and a score of 0. math-verify's own timeouts use ``signal.alarm``, which only works on the main
+thread; they are switched off, so grading also works from any thread.
+
+What is evaluated. Nothing here calls ``eval`` or ``exec`` on model output. math-verify does, indirectly: sympy's
+``parse_expr`` (which runs Python's ``eval`` on code generated from its input) is called by math-verify's
+expression extraction on text its regex has filtered down to digits, '.', whitespace and the operators
+``+ - * × / ^ ( ) ÷``, and by its LaTeX parser (latex2sympy2_extended, through ``sympy.Number``) on number tokens.
+The worker reads the answer with the LaTeX extraction only, so model text reaches ``parse_expr`` only as number
+tokens; the reference (trusted data) is read with math-verify's default extraction, both kinds.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from npo_lab.llm.config import RewardConfig
+from npo_lab.llm.grader import AnswerRules, decide
 
 __all__ = ["MathVerifier", "RewardSet", "extract_boxed", "format_reward", "load_reward_fn"]
 
@@ -99,14 +109,50 @@ def _exit_with_parent(parent_pid: int, pdeathsig: bool) -> None:
         threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
 
 
+_PROBE_POINTS = ((7, 3), (-11, 5), (13, 17))  # rational values given to the variables, in order of their names
+
+
+def _differ_numerically(gold: list, pred: list) -> bool:
+    """True when the first sympy expressions of two math-verify parses differ at 50 significant digits: as numbers,
+    or, with the same variables, at any of three fixed rational points. math-verify compares to 15 digits and chops
+    what is smaller (``evalf(chop=True)``), so it pays for ``\\sqrt{2} + 10^{-20}`` against ``\\sqrt{2}`` and for
+    ``0.3333333333333333x`` against ``x/3``; this check refuses those. Cases sympy cannot evaluate keep
+    math-verify's verdict."""
+    import sympy
+
+    g = next((x for x in gold if isinstance(x, sympy.Expr)), None)
+    p = next((x for x in pred if isinstance(x, sympy.Expr)), None)
+    if g is None or p is None:
+        return False  # relations, sets, intervals, strings: math-verify's structural comparison stands
+    try:
+        g, p = g.doit(), p.doit()
+        if g.free_symbols != p.free_symbols:
+            return False  # not a near-equal number: math-verify matched text or symbols its own way
+        names = sorted(g.free_symbols, key=lambda sym: sym.name)
+        points = [
+            dict(zip(names, (sympy.Rational(a, b) * (k + 1) for k in range(len(names))))) for a, b in _PROBE_POINTS
+        ]
+        for point in points if names else [{}]:
+            gv, pv = sympy.N(g.subs(point), 50), sympy.N(p.subs(point), 50)
+            if not (gv.is_number and pv.is_number):
+                return False
+            if bool(abs(gv - pv) > max(sympy.Integer(1), abs(gv)) * sympy.Float("1e-40", 50)):
+                return True
+        return False
+    except Exception:  # a point outside the domain, a comparison sympy cannot decide
+        return False
+
+
 def _math_verify_worker(conn: Connection, parent_pid: int, pdeathsig: bool) -> None:
     """Worker process: imports math-verify, says 'ready', then answers (prediction, gold) items with
-    ('ok', bool) or ('error', message) until the pipe closes."""
+    ('ok', bool) or ('error', message) until the pipe closes. The prediction is read with the LaTeX extraction only
+    (it arrives as ``\\boxed{answer}``), the gold answer with math-verify's default extraction."""
     _exit_with_parent(parent_pid, pdeathsig)
     try:
         logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" warning: intended
-        from math_verify import parse, verify
+        from math_verify import LatexExtractionConfig, parse, verify
 
+        latex_only = [LatexExtractionConfig()]
         verify(parse("$1$", parsing_timeout=None), parse("$1$", parsing_timeout=None), timeout_seconds=None)  # warm-up
     except Exception as e:  # reported to the parent, which raises
         conn.send(("fail", f"{type(e).__name__}: {e}"))
@@ -118,7 +164,10 @@ def _math_verify_worker(conn: Connection, parent_pid: int, pdeathsig: bool) -> N
         except (EOFError, OSError):
             return  # the parent closed the pipe or died
         try:
-            ok = verify(parse(gold, parsing_timeout=None), parse(pred, parsing_timeout=None), timeout_seconds=None)
+            gold_parsed = parse(gold, parsing_timeout=None)
+            pred_parsed = parse(pred, extraction_config=latex_only, parsing_timeout=None)
+            ok = verify(gold_parsed, pred_parsed, timeout_seconds=None)
+            ok = ok and not _differ_numerically(gold_parsed, pred_parsed)
             reply: tuple[str, object] = ("ok", bool(ok))
         except Exception as e:
             reply = ("error", type(e).__name__)  # not str(e): printing a sympy object can itself hang
@@ -170,16 +219,33 @@ def _kill_all(slots: list[_Worker | None]) -> None:
 
 
 class MathVerifier:
-    """Grades completions against gold answers with math-verify, each item under a time limit, in worker processes.
+    """Grades completions against gold answers: the final-answer rule of ``npo_lab.llm.grader`` here, math-verify
+    for what needs algebra, each such item under a time limit, in worker processes.
 
     Workers (spawn context) start lazily and persist between calls; an item that runs over ``timeout_s`` gets its
-    worker killed (a fresh one starts when next needed) and scores 0. An exception in math-verify scores 0 too.
+    worker killed (a fresh one starts when next needed) and scores 0. ``timeout_s`` is read for every item, so it
+    may be changed between calls. An exception in math-verify scores 0 too.
     Safe to call from any thread (calls are serialised). ``stats`` counts items ``graded`` (all scored items,
     including those that timed out or failed), ``timeouts`` and ``errors``. Close with ``close()`` or a ``with``
     block; workers left open are killed when the verifier is collected or the interpreter exits. The workers are
-    started with the "spawn" method, so a script that grades at import time needs ``if __name__ == "__main__":``."""
+    started with the "spawn" method, so a script that grades at import time needs ``if __name__ == "__main__":``.
 
-    def __init__(self, timeout_s: float = 5.0, max_chars: int = 4000, workers: int = 1) -> None:
+    Args:
+        timeout_s: Time limit for one item in a worker (parse + verify).
+        max_chars: Only the last max_chars characters of a completion are read.
+        workers: Worker processes (items are spread round-robin, one in flight per worker).
+        lowest_terms: A fraction must be in lowest terms where the reference's are (``AnswerRules``).
+        decimal_match: "exact" or "rounded" (``AnswerRules``).
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        max_chars: int = 4000,
+        workers: int = 1,
+        lowest_terms: bool = True,
+        decimal_match: str = "exact",
+    ) -> None:
         if importlib.util.find_spec("math_verify") is None:
             raise ImportError(_INSTALL_HINT)
         if not timeout_s > 0:
@@ -188,6 +254,7 @@ class MathVerifier:
             raise ValueError(f"max_chars must be >= 1, got {max_chars!r}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
+        self.rules = AnswerRules(lowest_terms=bool(lowest_terms), decimal_match=decimal_match)  # type: ignore[arg-type]
         self.timeout_s = float(timeout_s)
         self.max_chars = int(max_chars)
         self.stats: dict[str, int] = {"graded": 0, "timeouts": 0, "errors": 0}
@@ -198,29 +265,15 @@ class MathVerifier:
         self._finalizer = weakref.finalize(self, _kill_all, self._slots)  # also runs at interpreter exit
 
     def _prepare(self, completion: str, gold: str) -> tuple[float | None, str, str]:
-        """(fast-path score or None, prediction text, gold text) for math-verify."""
-        tail = completion[-self.max_chars :]
-        boxed = extract_boxed(tail)
-        gold_s = gold.strip()
-        if boxed is not None:
-            boxed = boxed.strip()
-            if not boxed:
-                return 0.0, "", ""
-            if boxed == gold_s:
-                return 1.0, "", ""
-            pred = "\\boxed{" + boxed + "}"  # math-verify's LaTeX extraction reads a bare \boxed{}
-        else:
-            pred = tail
-        if not gold_s:
-            return 0.0, "", ""
-        # plain numbers and bare LaTeX get $...$; an escaped dollar (\\$5, a currency answer) is not a delimiter
-        delimited = re.search(r"(?<!\\)\$", gold_s) is not None or "\\boxed" in gold_s
-        gold_text = gold_s if delimited else f"${gold_s}$"
-        return None, pred, gold_text
+        """(score decided here or None, prediction text, gold text) for math-verify."""
+        decision = decide(completion[-self.max_chars :], gold, self.rules)
+        if decision.score is not None:
+            return decision.score, "", ""
+        return None, "\\boxed{" + decision.prediction + "}", "$" + decision.reference + "$"
 
     def grade(self, completions: Sequence[str], answers: Sequence[str]) -> list[float]:
-        """1.0 or 0.0 per completion: does its final answer (the last \\boxed{}, else what math-verify finds in the
-        last max_chars characters) equal the gold answer?"""
+        """1.0 or 0.0 per completion: does the final answer of its last max_chars characters (the final-answer rule
+        of ``npo_lab.llm.grader``) equal the gold answer?"""
         if len(completions) != len(answers):
             raise ValueError(f"grade: {len(completions)} completions but {len(answers)} answers")
         scores = [0.0] * len(completions)
@@ -367,8 +420,8 @@ def _check_custom(name: str, out: object, n: int) -> list[float | None]:
 
 
 class RewardSet:
-    """The reward of a RewardConfig: accuracy_weight x math-verify accuracy + format_weight x format reward + each
-    custom function (weight 1). Close it (or use ``with``) to stop the grading workers."""
+    """The reward of a RewardConfig: accuracy_weight x accuracy (``MathVerifier``) + format_weight x format reward +
+    each custom function (weight 1). Close it (or use ``with``) to stop the grading workers."""
 
     def __init__(self, cfg: RewardConfig) -> None:
         self.cfg = cfg
@@ -382,7 +435,11 @@ class RewardSet:
                 name, j = f"{base}_{j}", j + 1
             used.add(name)
             self.custom.append((name, fn))
-        self.verifier = MathVerifier(cfg.timeout_s, cfg.max_chars, cfg.workers) if cfg.accuracy_weight > 0 else None
+        self.verifier = (
+            MathVerifier(cfg.timeout_s, cfg.max_chars, cfg.workers, cfg.lowest_terms, cfg.decimal_match)
+            if cfg.accuracy_weight > 0
+            else None
+        )
 
     def score(
         self,

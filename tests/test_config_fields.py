@@ -168,6 +168,7 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "timeout_s": [0.0, INF],
         "max_chars": [8],
         "workers": [0],
+        "decimal_match": ["round", ""],
     },
     (LLMConfig, "llm"): {
         "model": [""],
@@ -225,7 +226,7 @@ FREE: dict[type, dict[str, str]] = {
         "system_prompt": "any text, empty for none",
         "synthetic_seed": "any integer seeds the generator",
     },
-    RewardConfig: {"think_tags": "a switch"},
+    RewardConfig: {"think_tags": "a switch", "lowest_terms": "a switch"},
     LLMConfig: {
         "gradient_checkpointing": "a switch",
         "freeze_vision": "a switch",
