@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from npo_lab.experiments.compare import fmt_ci, paired_vs_baseline
+from npo_lab.experiments.report import fmt_ci, paired_vs_baseline
 
 
 def main(folder: str) -> None:
