@@ -140,7 +140,7 @@ class AutoNPO(_AutoNPOBase):
         for d in deltas:
             sl = [p for p in slices[d] if p in probed]
             scores[d] = self._score(state, rows, sl, past[t - d])
-        best, s = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])
+        best, _ = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])
         self.controller.record(t)
         self.event(
             step=t,
