@@ -22,7 +22,7 @@ import torch
 
 from npo_lab.config import GRPOConfig, RunConfig
 from npo_lab.metrics import Logger, NullLogger
-from npo_lab.train.method import Method
+from npo_lab.train.method import Method, RollbackRequest
 from npo_lab.train.rollback import lookahead, restore, snapshot
 from npo_lab.train.state import TrainState
 from npo_lab.train.step import grpo_step
@@ -121,6 +121,35 @@ def train(
         result.evals.append((state.step, em["eval/accuracy"]))
         log.log(em, state.step)
 
+    def roll_back(back: RollbackRequest, t: int, t0: float) -> dict[str, float]:
+        """Put the run back at ``back.to_step`` (a snapshot of the ring): restore the state, cut the logs and the
+        results back to it, log the discarded steps' rewards on the extra-step counter, and count them as extra
+        steps. Returns the metrics to log with the next trained step."""
+        nonlocal la_step, ring
+        s = back.to_step
+        if s not in ring or s >= t:
+            raise ValueError(f"step {t}: {method.name} asked to roll back to step {s}, which no snapshot holds")
+        snap, mark = ring[s]
+        restore(state, snap)
+        log.rewind(mark)  # metrics.csv and TensorBoard keep the trajectory the run keeps
+        for r, z in zip(result.train_reward[s:t], result.zero_std_groups[s:t]):
+            log.log({"lookahead/reward/on_policy_mean": r, "lookahead/reward/frac_zero_std": z}, la_step)
+            la_step += 1
+        del result.train_reward[s:], result.zero_std_groups[s:]
+        result.evals = [(es, a) for es, a in result.evals if es <= s]
+        ring = {k: v for k, v in ring.items() if k <= s}
+        result.interventions.append(s)
+        result.intervention_costs.append(t - s)
+        m = method.use_rollback(state, back)
+        seconds = time.perf_counter() - t0  # the method's probe, its cache and the restore
+        result.lookahead_s += seconds
+        m.update({"npo/lookahead_steps": float(sum(result.intervention_costs)), "npo/lookahead_s": seconds})
+        if on_rollback is not None:
+            on_rollback(s)
+        if on_step is not None:
+            on_step(s - t)  # a progress bar shows the training step the run is at
+        return m
+
     def loop_state() -> dict[str, Any]:
         return {
             "method": method.state_dict(),
@@ -175,28 +204,7 @@ def train(
         t0 = time.perf_counter()
         back = method.wants_rollback(state, {s: snap["policy"] for s, (snap, _) in ring.items() if s < t})
         if back is not None:  # AutoNPO: return to an earlier step exactly; the steps since then become extra steps
-            s = back.to_step
-            if s not in ring or s >= t:
-                raise ValueError(f"step {t}: {method.name} asked to roll back to step {s}, which no snapshot holds")
-            snap, mark = ring[s]
-            restore(state, snap)
-            log.rewind(mark)  # metrics.csv and TensorBoard keep the trajectory the run keeps
-            for r, z in zip(result.train_reward[s:t], result.zero_std_groups[s:t]):  # the discarded steps' rewards
-                log.log({"lookahead/reward/on_policy_mean": r, "lookahead/reward/frac_zero_std": z}, la_step)
-                la_step += 1
-            del result.train_reward[s:], result.zero_std_groups[s:]
-            result.evals = [(es, a) for es, a in result.evals if es <= s]
-            ring = {k: v for k, v in ring.items() if k <= s}
-            result.interventions.append(s)
-            result.intervention_costs.append(t - s)
-            carry = method.use_rollback(state, back)
-            seconds = time.perf_counter() - t0  # the method's probe, its cache and the restore
-            result.lookahead_s += seconds
-            carry.update({"npo/lookahead_steps": float(sum(result.intervention_costs)), "npo/lookahead_s": seconds})
-            if on_rollback is not None:
-                on_rollback(s)
-            if on_step is not None:
-                on_step(s - t)  # a progress bar shows the training step the run is at
+            carry = roll_back(back, t, t0)
             continue
         t0 = time.perf_counter()
         m = grpo_step(state, grpo, method)
