@@ -155,6 +155,17 @@ def test_every_package_is_installed():
     assert found == listed, (sorted(found - listed), sorted(listed - found))
 
 
+def _source(path: Path) -> str:
+    """A file's Python source; for a notebook, its code cells (IPython's % and ! lines left out)."""
+    if path.suffix != ".ipynb":
+        return path.read_text()
+    import json
+
+    cells = json.loads(path.read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    return "\n".join(line for cell in code for line in cell.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
 @pytest.mark.parametrize("folder", ["benchmarks", "scripts", "notebooks"])
 def test_every_npo_lab_name_the_scripts_import_exists(folder):
     """The benchmark scripts, the notebook sources and the teaching files import npo_lab names that exist (a module
@@ -162,8 +173,8 @@ def test_every_npo_lab_name_the_scripts_import_exists(folder):
     import importlib
 
     missing = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for path in sorted([*(ROOT / folder).rglob("*.py"), *(ROOT / folder).rglob("*.ipynb")]):
+        for node in ast.walk(ast.parse(_source(path), str(path))):
             if not (isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "npo_lab"):
                 continue
             if node.module.startswith("npo_lab.llm"):

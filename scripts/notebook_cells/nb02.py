@@ -39,7 +39,7 @@ CELLS = [
         import matplotlib.pyplot as plt
         import torch
 
-        from npo_lab import toy
+        from npo_lab.experiments import toy
         from npo_lab.utils import seed_everything
 
         torch.set_num_threads(1)  # these models are tiny: one thread is fastest (and CI has 2 cores)
