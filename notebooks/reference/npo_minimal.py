@@ -3,9 +3,9 @@
     python notebooks/reference/npo_minimal.py                  # 200 steps + 2 look-aheads of 20: about a minute
     python notebooks/reference/npo_minimal.py --no-npo --steps 100 --seed 2   # plain GRPO, another seed
 
-A tiny character-level transformer learns 3-digit addition ("047+385=" -> "234$", answer written
-least-significant digit first) from a verifier's 0/1 reward. What to expect (CPU, torch 2.13; 55-70 s on 2 cores,
-twice that with other work running): the warm start leaves a greedy eval accuracy of 0.06-0.07. Final accuracy after
+A tiny character-level transformer learns 3-digit addition ("047+385=" -> "234$", answer written least-significant
+digit first) from a verifier's 0/1 reward. What to expect (CPU, torch 2.13; 55-70 s on 2 cores shared with other
+work, up to twice that when busier): the warm start leaves a greedy eval accuracy of 0.06-0.07. Final accuracy after
 200 steps (one evaluation of one run each: anecdotes, not a benchmark): seed 1 (the default) GRPO 0.875, NPO 0.883;
 seed 2 GRPO 0.414, NPO 0.531; seed 0 GRPO 0.055, NPO 0.105 (both stalled). NPO's cache holds a verified answer for
 28-59% of the segment's prompts at step 0 and 35-87% at step 100.
