@@ -3,19 +3,25 @@
     python notebooks/reference/npo_minimal.py                  # 200 steps + 2 look-aheads of 20: about a minute
     python notebooks/reference/npo_minimal.py --no-npo --steps 100 --seed 2   # plain GRPO, another seed
 
-A tiny character-level transformer learns 3-digit addition ("047+385=" -> "234$", answer written
-least-significant digit first) from a verifier's 0/1 reward. What to expect (CPU, torch 2.13): the warm start
-leaves a greedy eval accuracy of about 0.07; with seed 1 (the default) NPO reaches about 0.84 after 200 steps;
-seed 2 reaches about 0.55 and seed 0 stalls near 0.15, the plateau of some GRPO runs that README.md describes.
+A tiny character-level transformer learns 3-digit addition ("047+385=" -> "234$", answer written least-significant
+digit first) from a verifier's 0/1 reward. What to expect (CPU, torch 2.13; 55-70 s on 2 cores shared with other
+work, up to twice that when busier): the warm start leaves a greedy eval accuracy of 0.06-0.07. Final accuracy after
+200 steps (one evaluation of one run each: anecdotes, not a benchmark): seed 1 (the default) GRPO 0.875, NPO 0.883;
+seed 2 GRPO 0.414, NPO 0.531; seed 0 GRPO 0.055, NPO 0.105 (both stalled). NPO's cache holds a verified answer for
+28-59% of the segment's prompts at step 0 and 35-87% at step 100.
 The algorithm, in the order of the code:
   1. group advantages: G completions per prompt, A = (r - mean_group) / (std_group + 1e-6)      (GRPO)
-  2. clipped surrogate loss, averaged over completion tokens                                (PPO, DAPO)
-  3. NPO at an intervention step t: save everything, train Delta plain steps ahead, keep pi_{t+Delta}, roll
-     back exactly (weights, optimizer, RNG); then, while guiding, every group whose accuracy is below 0.6
-     gets its last slot replaced by a verified-correct completion sampled from pi_{t+Delta}.   (arXiv 2604.20733)
+  2. clipped surrogate loss, averaged over completion tokens; the ratio of an on-policy row is taken to the
+     policy before the update, that of a guide row to the policy that sampled it, pi_{t+Delta}     (PPO, NPO)
+  3. NPO at an intervention step t (arXiv 2604.20733, as docs/algorithm.md reads the paper): save everything,
+     train Delta plain steps ahead, recording the prompts they draw; pi_{t+Delta} answers each of those prompts
+     guide_samples times and ONE verified-correct answer per prompt is cached; roll back exactly (weights,
+     optimizer, RNGs, data cursor), so the replay of [t, t + Delta) draws the same prompts; in each replayed step,
+     every group whose accuracy p-hat is at most 0.6 gets its last slot replaced by the cached answer.
 The library (npo_lab) is the same algorithm split into pure functions, a backend protocol and a trainer;
-tests/test_reference_parity.py checks on fixed batches that this file computes the same advantages, loss,
-gate, merge, log-probs and full update step (same weights, same batch, same Adam step) as npo_lab.
+tests/test_reference_parity.py checks on fixed batches that this file computes the same advantages, loss (guide
+rows included), gate, cache, merge, log-probs and full guided update step (same weights, same batch, same Adam
+step) as npo_lab. Batch fields carry npo_lab's names (npo_lab/batch.py): group_ids, behavior_logprobs, is_guide...
 
 Dependencies: torch and the standard library, plus npo_lab.tasks.arithmetic (standard library only) for the
 problems, the correct completions of the warm start, and the verifier.
@@ -24,8 +30,10 @@ problems, the correct completions of the warm start, and the verifier.
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import dataclasses
+import inspect
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,27 +48,51 @@ from npo_lab.tasks.arithmetic import ArithmeticConfig, format_completion, make_p
 @dataclass
 class Args:
     seed: int = 1
-    steps: int = 200  # training steps (look-ahead steps are extra)
-    digits: int = 3  # operand digits
-    n_train: int = 4096  # training problems
-    n_eval: int = 256  # held-out problems (greedy accuracy)
+    """seed of the initial weights, the warm start, the prompt draws and the sampling"""
+    steps: int = 200
+    """training steps (the look-ahead steps come on top)"""
+    digits: int = 3
+    """digits of each operand"""
+    n_train: int = 4096
+    """training problems"""
+    n_eval: int = 256
+    """held-out problems, scored by greedy decoding"""
     d_model: int = 64
+    """width of the transformer"""
     n_layer: int = 2
+    """transformer blocks"""
     n_head: int = 4
-    temperature: float = 1.0  # sampling and training log-probs alike
-    warm_steps: int = 300  # supervised warm start, so RL starts with low but non-zero success
+    """attention heads"""
+    temperature: float = 1.0
+    """sampling temperature, also applied to the log-probs the loss trains"""
+    warm_steps: int = 300
+    """supervised warm-start steps, so that RL starts from a low but non-zero success rate"""
     warm_lr: float = 3e-3
-    batch_size: int = 128  # rows per step = prompts x group_size
-    group_size: int = 8  # G
+    """learning rate of the warm start"""
+    batch_size: int = 128
+    """rows per step: prompts x group_size"""
+    group_size: int = 8
+    """G, completions sampled per prompt (one group)"""
     lr: float = 3e-4
+    """Adam learning rate of the RL steps"""
     clip_eps: float = 0.2
+    """PPO clip range [1 - eps, 1 + eps]"""
     max_grad_norm: float = 1.0
-    npo: bool = True  # False: plain GRPO
-    interventions: list[int] = field(default_factory=lambda: [0, 100])  # steps at which NPO looks ahead
-    delta: int = 20  # look-ahead distance
-    gate: float = 0.6  # a group below this accuracy gets a guide row (the paper's 0.6)
-    guide_samples: int = 8  # samples of pi_{t+Delta} per gated prompt, to find a correct one
+    """global gradient-norm clip (0: none)"""
+    npo: bool = True
+    """NPO's interventions; --no-npo trains plain GRPO"""
+    interventions: list[int] = field(default_factory=lambda: [0, 100])
+    """steps t at which NPO looks ahead: 0 is the paper's early bootstrap, a later one its plateau breakthrough"""
+    delta: int = 20
+    """Delta: steps trained ahead; the replayed segment [t, t + Delta) is the guided window"""
+    gate: float = 0.6
+    """a group is guided when its on-policy accuracy p-hat is at most this (the paper's 0.6)"""
+    guide_samples: int = 8
+    """answers pi_{t+Delta} samples per prompt of the segment, to find one verified-correct answer to cache"""
+    guide_loss: str = "behavior_clipped"
+    """guide rows' ratio: behavior_clipped, to pi_{t+Delta} (the paper); on_policy, to the policy before the update"""
     eval_every: int = 20
+    """steps between evaluations"""
 
 
 # ---- the task: characters in, characters out -----------------------------------------------------------------
@@ -153,7 +185,7 @@ def sample(model: CharLM, prompts: torch.Tensor, max_new: int, temperature: floa
     return torch.stack(toks, 1), torch.stack(masks, 1), torch.stack(lps, 1)
 
 
-# ---- ALGO LOGIC: advantages, loss, gate, merge ----------------------------------------------------------------
+# ---- ALGO LOGIC: advantages, loss, gate, cache, merge ---------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (r_i - mean_g r) / (std_g r + eps), std unbiased (0 for a group of one). (B,) float32."""
     _, inv = torch.unique(group_ids, return_inverse=True)  # (B,) dense group index
@@ -164,44 +196,65 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float 
     return ((r - mean[inv]) / (var.sqrt()[inv] + eps)).float()
 
 
-def policy_loss(logp, old_logp, adv, mask, clip_low: float = 0.2, clip_high: float = 0.2) -> torch.Tensor:
-    """Clipped surrogate, token mean over the mask. Guide rows are treated like on-policy rows (npo_lab's default)."""
-    ratio = torch.exp(logp - old_logp)  # (B, T)
-    a = adv.unsqueeze(-1)  # (B, 1)
+def policy_loss(logprobs, old_logprobs, advantages, mask, is_guide=None, behavior_logprobs=None,
+                clip_low: float = 0.2, clip_high: float = 0.2) -> torch.Tensor:  # fmt: skip
+    """Clipped surrogate, token mean over the mask. The ratio's anchor is ``old_logprobs``, except on the rows
+    ``is_guide`` marks (given with their ``behavior_logprobs``): there it is the policy that sampled the row,
+    pi_{t+Delta} (npo_lab's guide_loss="behavior_clipped", the paper's objective)."""
+    anchor = old_logprobs
+    if is_guide is not None:
+        anchor = torch.where(is_guide.unsqueeze(-1), behavior_logprobs, old_logprobs)  # (B, T)
+    ratio = torch.exp((logprobs - anchor).clamp(-20.0, 20.0))  # (B, T); verl's clamp keeps exp finite
+    a = advantages.unsqueeze(-1)  # (B, 1)
     loss_mat = -torch.minimum(ratio * a, ratio.clamp(1 - clip_low, 1 + clip_high) * a)
     return (loss_mat * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def gated_prompts(batch: dict, gate: float) -> list[int]:
-    """Prompts whose group accuracy (reward > 0.5) is strictly below the gate, in order of appearance."""
+    """Prompts whose group accuracy p-hat (reward > 0.5) is at most the gate, in order of appearance."""
     acc: dict[int, list[float]] = {}
-    for p, r in zip(batch["pid"].tolist(), batch["reward"].tolist()):
+    for p, r in zip(batch["group_ids"].tolist(), batch["rewards"].tolist()):
         acc.setdefault(p, []).append(float(r > 0.5))
-    return [p for p, a in acc.items() if sum(a) / len(a) < gate]
+    return [p for p, a in acc.items() if sum(a) / len(a) <= gate]
 
 
-def cat_rows(a: dict, b: dict) -> dict:
-    t = max(a["comp"].shape[1], b["comp"].shape[1])
-    pad = {"comp": PAD, "mask": 0.0, "logp": 0.0}  # right-pad the token dimension
-    return {k: torch.cat([F.pad(x[k], (0, t - x[k].shape[1]), value=pad[k]) if k in pad else x[k] for x in (a, b)])
-            for k in a}  # fmt: skip
+def cat_rows(parts: list[dict]) -> dict:
+    """The rows of every part, in order; the token dimension right-padded to the longest."""
+    t = max(x["completions"].shape[1] for x in parts)
+    pad = {"completions": PAD, "mask": 0.0, "behavior_logprobs": 0.0}  # per-token fields
+    return {k: torch.cat([F.pad(x[k], (0, t - x[k].shape[1]), value=pad[k]) if k in pad else x[k] for x in parts])
+            for k in parts[0]}  # fmt: skip
+
+
+def trim(rows: dict) -> dict:
+    """Drop the padding columns no row uses."""
+    t = int(rows["mask"].sum(-1).max())
+    return {k: v[:, :t] if v.dim() == 2 else v for k, v in rows.items()}
+
+
+def verified_rows(rows: dict) -> dict[int, dict]:
+    """The first verified-correct row of each prompt (sampling order): what the guide cache keeps. A prompt
+    without a correct row is left out: a wrong guide row is never used."""
+    kept: dict[int, dict] = {}
+    for i, (p, r) in enumerate(zip(rows["group_ids"].tolist(), rows["rewards"].tolist())):
+        if r > 0.5 and p not in kept:
+            kept[p] = trim({k: v[i : i + 1] for k, v in rows.items()})
+    return kept
 
 
 def merge_guides(batch: dict, guides: dict, gated: list[int]) -> dict:
     """Replace the last row of each gated group by the first verified-correct guide row for its prompt;
     a group without a correct guide row stays on-policy. B is unchanged."""
-    n = len(batch["pid"])
-    both = cat_rows(batch, dict(guides, guide=torch.ones(len(guides["pid"]), dtype=torch.bool)))
+    n = len(batch["group_ids"])
+    both = cat_rows([batch, dict(guides, is_guide=torch.ones(len(guides["group_ids"]), dtype=torch.bool))])
     index = list(range(n))
     for p in gated:
-        rows = [i for i, q in enumerate(batch["pid"].tolist()) if q == p]
-        correct = [n + j for j, (q, r) in enumerate(zip(guides["pid"].tolist(), guides["reward"].tolist()))
+        rows = [i for i, q in enumerate(batch["group_ids"].tolist()) if q == p]
+        correct = [n + j for j, (q, r) in enumerate(zip(guides["group_ids"].tolist(), guides["rewards"].tolist()))
                    if q == p and r > 0.5]  # fmt: skip
         if correct:
             index[rows[-1]] = correct[0]
-    merged = {k: v[index] for k, v in both.items()}
-    t = int(merged["mask"].sum(-1).max())  # drop padding columns the unused guide rows brought
-    return {k: v[:, :t] if v.dim() == 2 else v for k, v in merged.items()}
+    return trim({k: v[index] for k, v in both.items()})  # unused longer guide rows must not widen the batch
 
 
 # ---- one GRPO step ------------------------------------------------------------------------------------------
@@ -212,21 +265,26 @@ class Data:
     eval_prompts: torch.Tensor
     eval_answers: list[int]
     max_new: int
+    cursor: torch.Generator  # draws the prompts of each step: its own RNG, so sampling does not move it
 
 
 def rollout(model: CharLM, pids: list[int], n: int, data: Data, args: Args) -> dict:
-    pid = torch.tensor(pids).repeat_interleave(n)  # (B,) prompt id = group id
-    comp, mask, logp = sample(model, data.prompts[pid], data.max_new, args.temperature)
-    reward = torch.tensor([score(decode(c), data.answers[p]) for c, p in zip(comp.tolist(), pid.tolist())])
-    return dict(pid=pid, comp=comp, mask=mask, logp=logp, reward=reward, guide=torch.zeros(len(pid), dtype=torch.bool))
+    group_ids = torch.tensor(pids).repeat_interleave(n)  # (B,) prompt id = group id
+    comps, mask, logp = sample(model, data.prompts[group_ids], data.max_new, args.temperature)
+    rewards = torch.tensor([score(decode(c), data.answers[p]) for c, p in zip(comps.tolist(), group_ids.tolist())])
+    return dict(group_ids=group_ids, completions=comps, mask=mask, behavior_logprobs=logp, rewards=rewards,
+                is_guide=torch.zeros(len(group_ids), dtype=torch.bool))  # fmt: skip
 
 
 def update(model: CharLM, opt: torch.optim.Optimizer, batch: dict, data: Data, args: Args) -> dict:
-    """One optimiser step on the whole batch (one epoch, one minibatch: the ratio anchor is the update's own
-    forward, so rho = 1 and the clip is inactive; it matters with several epochs)."""
-    adv = group_advantages(batch["reward"], batch["pid"])  # (B,), over mixed groups: guides get large A
-    logp = token_logprobs(model, data.prompts[batch["pid"]], batch["comp"], batch["mask"], args.temperature)
-    loss = policy_loss(logp, logp.detach(), adv, batch["mask"], args.clip_eps, args.clip_eps)
+    """One optimiser step on the whole batch (one epoch, one minibatch: the ratio anchor of on-policy rows is the
+    update's own forward, so their rho = 1; a guide row's rho = pi_theta / pi_{t+Delta} is not, and is clipped)."""
+    adv = group_advantages(batch["rewards"], batch["group_ids"])  # (B,), over mixed groups: guides get large A
+    prompts = data.prompts[batch["group_ids"]]  # (B, P)
+    logp = token_logprobs(model, prompts, batch["completions"], batch["mask"], args.temperature)
+    is_guide = {"behavior_clipped": batch["is_guide"], "on_policy": None}[args.guide_loss]  # whose ratio is special
+    loss = policy_loss(logp, logp.detach(), adv, batch["mask"], is_guide, batch["behavior_logprobs"],
+                       args.clip_eps, args.clip_eps)  # fmt: skip
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
@@ -234,39 +292,50 @@ def update(model: CharLM, opt: torch.optim.Optimizer, batch: dict, data: Data, a
     return {"loss": loss.item(), "grad_norm": grad_norm.item()}
 
 
-def grpo_step(model: CharLM, opt, data: Data, args: Args, guide: CharLM | None = None) -> dict:
-    pids = torch.randperm(len(data.answers))[: args.batch_size // args.group_size].tolist()
+def grpo_step(model: CharLM, opt, data: Data, args: Args, cache: dict[int, dict] | None = None) -> dict:
+    pids = torch.randperm(len(data.answers), generator=data.cursor)[: args.batch_size // args.group_size].tolist()
     batch = rollout(model, pids, args.group_size, data, args)
-    stats = {"reward": batch["reward"].mean().item(), "gated": 0.0, "injected": 0.0}
-    if guide is not None:  # NPO: failing groups get a verified-correct row of pi_{t+Delta} in their last slot
+    stats = {"prompts": pids, "reward": batch["rewards"].mean().item(), "gated": 0.0, "injected": 0.0}
+    if cache is not None:  # NPO: a failing group gets the cached verified answer of pi_{t+Delta} in its last slot
         gated = gated_prompts(batch, args.gate)
-        if gated:
-            guides = rollout(guide, gated, args.guide_samples, data, args)
-            batch = merge_guides(batch, guides, gated)
-        stats.update(gated=len(gated) / len(pids), injected=batch["guide"].sum().item() / len(pids))
+        hits = [p for p in gated if p in cache]
+        if hits:
+            batch = merge_guides(batch, cat_rows([cache[p] for p in hits]), gated)
+        stats.update(gated=len(gated) / len(pids), injected=batch["is_guide"].sum().item() / len(pids))
     return stats | update(model, opt, batch, data, args)
 
 
-# ---- NPO: look ahead, keep the near future, roll back exactly --------------------------------------------------
-def snapshot(model: CharLM, opt: torch.optim.Optimizer) -> dict:
+# ---- NPO: look ahead, cache the near future's answers, roll back exactly ----------------------------------------
+def snapshot(model: CharLM, opt: torch.optim.Optimizer, data: Data) -> dict:
     return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}  # fmt: skip
+            "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+            "cursor": data.cursor.get_state()}  # fmt: skip
 
 
-def restore(model: CharLM, opt: torch.optim.Optimizer, snap: dict) -> None:
+def restore(model: CharLM, opt: torch.optim.Optimizer, data: Data, snap: dict) -> None:
     model.load_state_dict(snap["model"])
     opt.load_state_dict(copy.deepcopy(snap["opt"]))
-    torch.set_rng_state(snap["torch_rng"])  # also the data cursor: prompts are drawn from the torch RNG
+    torch.set_rng_state(snap["torch_rng"])  # the sampling
     random.setstate(snap["py_rng"])
+    data.cursor.set_state(snap["cursor"])  # the prompts the next steps draw
 
 
-def lookahead(model: CharLM, opt, data: Data, args: Args) -> CharLM:
-    snap = snapshot(model, opt)
-    for _ in range(args.delta):
-        grpo_step(model, opt, data, args)  # plain GRPO steps, no guides
-    guide = copy.deepcopy(model).requires_grad_(False)  # pi_{t+Delta}
-    restore(model, opt, snap)  # step t again, bit for bit: the guided run sees the same prompts
-    return guide
+def fill_cache(model: CharLM, pids: list[int], data: Data, args: Args, chunk: int = 64) -> dict[int, dict]:
+    """guide_samples answers of ``model`` per prompt; one verified-correct row per solvable prompt is kept."""
+    cache: dict[int, dict] = {}
+    for start in range(0, len(pids), chunk):  # chunks bound the memory of one sampling call
+        cache |= verified_rows(rollout(model, pids[start : start + chunk], args.guide_samples, data, args))
+    return cache
+
+
+def lookahead(model: CharLM, opt, data: Data, args: Args) -> tuple[dict[int, dict], list[list[int]]]:
+    """NPO at step t: train Delta plain steps ahead, recording the prompts each draws (the segment); the model is
+    then pi_{t+Delta}: it fills the guide cache for the segment's prompts; roll back to step t bit for bit."""
+    snap = snapshot(model, opt, data)
+    segment = [grpo_step(model, opt, data, args)["prompts"] for _ in range(args.delta)]  # plain GRPO, no guides
+    cache = fill_cache(model, sorted({p for step in segment for p in step}), data, args)
+    restore(model, opt, data, snap)  # the replay of [t, t + Delta) draws the segment's prompts again
+    return cache, segment
 
 
 # ---- warm start, evaluation, main loop ------------------------------------------------------------------------
@@ -308,40 +377,54 @@ def main(args: Args) -> list[tuple[int, float]]:
     task = ArithmeticConfig(digits=args.digits, n_train=args.n_train, n_eval=args.n_eval)
     train, evals = make_splits(task)
     ids = [torch.tensor([encode(p.prompt) for p in split]) for split in (train, evals)]  # (N, P) each
-    data = Data(ids[0], [p.answer for p in train], ids[1], [p.answer for p in evals], task.max_completion_len)
+    cursor = torch.Generator().manual_seed(args.seed)
+    data = Data(ids[0], [p.answer for p in train], ids[1], [p.answer for p in evals], task.max_completion_len, cursor)
     p_len = data.prompts.shape[1]
     model = CharLM(p_len + data.max_new, args.d_model, args.n_layer, args.n_head)
     t0 = time.time()
     print(f"warm start: loss {warm_start(model, task, train, evals, args, p_len):.3f} ({time.time() - t0:.0f} s)")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = sorted(s for s in args.interventions if s < args.steps) if args.npo else []
-    guide, guide_until, curve = None, -1, []
+    cache, segment, curve = {}, [], []
     for step in range(args.steps):
         if step in schedule:
-            guide = lookahead(model, opt, data, args)
-            guide_until = next((s for s in schedule if s > step), args.steps)  # guide until the next intervention
-            print(f"step {step}: looked ahead {args.delta} steps and rolled back")
+            cache, segment = lookahead(model, opt, data, args)
+            n = len({p for s in segment for p in s})
+            print(f"step {step}: looked ahead {args.delta} steps, cached a verified answer of pi_t+{args.delta} for "
+                  f"{len(cache)} of the segment's {n} prompts, rolled back")  # fmt: skip
         if step % args.eval_every == 0:
             curve.append((step, evaluate(model, data, args)))
-        s = grpo_step(model, opt, data, args, guide if step < guide_until else None)
+        s = grpo_step(model, opt, data, args, cache if segment else None)  # guided while the segment lasts
+        if segment:
+            assert s["prompts"] == segment.pop(0), "the replay draws what the look-ahead drew"
         if step % args.eval_every == 0:
             print(f"step {step:4d}  eval acc {curve[-1][1]:.3f}  reward {s['reward']:.3f}  gated {s['gated']:.2f}  "
                   f"injected {s['injected']:.2f}  loss {s['loss']:+.4f}  ({time.time() - t0:.0f} s)")  # fmt: skip
     curve.append((args.steps, evaluate(model, data, args)))
-    print(f"final eval accuracy {curve[-1][1]:.3f} after {args.steps} steps ({time.time() - t0:.0f} s)")
+    print(f"final eval accuracy {curve[-1][1]:.3f} after {args.steps} steps "
+          f"(+ {len(schedule) * args.delta} look-ahead steps, {time.time() - t0:.0f} s)")  # fmt: skip
     return curve
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string right below it), for --help: one source of documentation."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+    docs = zip(body, body[1:])  # (field, the statement after it)
+    return {a.target.id: b.value.value for a, b in docs if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
     ap = argparse.ArgumentParser(description="GRPO + NPO on arithmetic, in one file")
+    docs = field_docs(Args)
     for f in dataclasses.fields(Args):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        flag, kw = f"--{f.name.replace('_', '-')}", {"default": default, "help": docs[f.name]}
         if isinstance(default, bool):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=int, nargs="*", default=default)
+            ap.add_argument(flag, type=int, nargs="*", **kw)
         else:
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=default)
+            ap.add_argument(flag, type=type(default), **kw)
     return Args(**vars(ap.parse_args(argv)))
 
 

@@ -36,7 +36,7 @@ def random_case(seed: int, g: int = 4):
     on = rows(on_rewards, on_ids, "on", t=5, seed=seed)
     cand = rows(cand_rewards, cand_ids, "guide", t=8, seed=seed + 100)  # longer rows than the on-policy ones
     acc = lib.group_accuracy(on.rewards, on.group_ids)
-    gated = [p for p, a in acc.items() if a < 0.6]
+    gated = [p for p, a in acc.items() if a <= 0.6]
     return on, cand, gated
 
 
@@ -62,12 +62,21 @@ def test_group_accuracy_threshold(sub):
     assert sub.group_accuracy(rewards, ids, correct_threshold=0.8) == {3: 0.0, 5: 0.5}
 
 
-def test_gate_is_strictly_below_the_threshold(sub):
+def test_gate_is_at_most_the_threshold(sub):
     acc = torch.tensor([0.0, 0.125, 0.5, 0.59, 0.6, 0.75, 1.0])
     out = sub.guide_gate(acc)
     assert out.dtype == torch.bool and out.shape == acc.shape, (out.dtype, tuple(out.shape))
-    assert out.tolist() == lib.guide_gate(acc).tolist() == [True, True, True, True, False, False, False]
-    assert sub.guide_gate(acc, threshold=1.0).tolist() == lib.guide_gate(acc, 1.0).tolist()
+    assert out.tolist() == lib.guide_gate(acc).tolist() == [True, True, True, True, True, False, False], (
+        "the paper's gate guides p-hat <= 0.6: a group at exactly 0.6 is guided"
+    )
+    assert sub.guide_gate(acc, 0.6, "le").tolist() == out.tolist()
+    assert sub.guide_gate(acc, threshold=1.0).tolist() == lib.guide_gate(acc, 1.0).tolist() == [True] * 7
+    # the authors' public code: strictly below
+    assert sub.guide_gate(acc, op="lt").tolist() == lib.guide_gate(acc, op="lt").tolist()
+    assert sub.guide_gate(acc, op="lt").tolist() == [True, True, True, True, False, False, False]
+    assert sub.guide_gate(torch.tensor([3 / 5]), 0.6, "lt").tolist() == [False]  # G = 5, 3 correct rows
+    with pytest.raises(ValueError):
+        sub.guide_gate(acc, op="ge")
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -7,13 +7,17 @@
 # At a guided step (docs/algorithm.md section 2), for every prompt of the batch:
 #
 # 1. **gate** (the paper's value: 0.6): the prompt is guided when the accuracy of its on-policy group,
-#    acc(x) = (1/G) Σ_i 1[r_i > 0.5], is **strictly below** the threshold;
-# 2. the near-future checkpoint π_{t+Δ} samples a few candidate rows for each gated prompt, and the verifier
-#    scores them with the same function as on-policy rows;
+#    p̂(x) = (1/G) Σ_i 1[r_i > 0.5], is **at most** the threshold: p̂ ≤ 0.6, as the paper writes it
+#    (`op="le"`, the default). The authors' public code compares with a strict `<` (`op="lt"`); the two differ
+#    only when p̂ can equal the threshold (G = 5: 3/5 = 0.6; never with G = 8);
+# 2. the guide rows come from the near-future checkpoint π_{t+Δ}: at the intervention it answered every
+#    prompt of the guided segment a few times, the verifier (the same function as for on-policy rows) kept one
+#    correct answer per prompt, and NPO cached it; a prompt π_{t+Δ} could not solve has no cached row;
 # 3. **merge** (the paper: one slot): in each gated group, the last k = 1 on-policy rows are replaced by k
 #    *verified-correct* guide rows. A wrong guide row is never inserted: a group for which fewer than k correct
-#    candidates were found stays fully on-policy. The group size stays G, and the advantage is then computed
-#    over the mixed group (assignment 1).
+#    candidates exist stays fully on-policy. The group size stays G, and the advantage is then computed
+#    over the mixed group (assignment 1). Your merge takes any candidate rows (a cache's, or several samples
+#    per prompt) and uses the first correct ones of each gated prompt.
 #
 # You work on `npo_lab.batch.RolloutBatch`, the one type that crosses the boundary between the algorithm and
 # a backend. What you need of it:
@@ -59,17 +63,22 @@ def group_accuracy(rewards: Tensor, group_ids: Tensor, correct_threshold: float 
     ### END SOLUTION
 
 
-def guide_gate(group_acc: Tensor, threshold: float = 0.6) -> Tensor:
-    """Which groups are guided: accuracy strictly below ``threshold``.
+def guide_gate(group_acc: Tensor, threshold: float = 0.6, op: str = "le") -> Tensor:
+    """Which groups are guided: accuracy at most ``threshold`` (``op="le"``) or strictly below it (``"lt"``).
 
     Args:
         group_acc: (n_groups,) float in [0, 1].
         threshold: the gate.
+        op: ``le`` (p-hat <= threshold, the paper) or ``lt`` (p-hat < threshold, the authors' public code).
 
     Returns:
         (n_groups,) bool.
     """
+    if op not in ("le", "lt"):
+        raise ValueError(f"op must be 'le' or 'lt', got {op!r}")
     ### BEGIN SOLUTION
+    if op == "le":
+        return group_acc <= threshold
     return group_acc < threshold
     ### END SOLUTION
 
@@ -82,7 +91,9 @@ rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1
 group_ids = torch.tensor([5, 5, 5, 5, 9, 9, 9, 9, 2, 2, 2, 2])
 assert group_accuracy(rewards, group_ids) == lib.group_accuracy(rewards, group_ids)
 acc = torch.tensor([0.0, 0.25, 0.5, 0.6, 0.75, 1.0])
-assert guide_gate(acc).tolist() == lib.guide_gate(acc).tolist() == [True, True, True, False, False, False]
+assert guide_gate(acc).tolist() == lib.guide_gate(acc).tolist() == [True, True, True, True, False, False]
+strict = [True, True, True, False, False, False]  # the authors' code: 0.6 itself is not guided
+assert guide_gate(acc, op="lt").tolist() == lib.guide_gate(acc, op="lt").tolist() == strict
 print("5.1 OK:", group_accuracy(rewards, group_ids))
 
 # %% [markdown]
@@ -157,7 +168,7 @@ def make_rows(rewards: list[float], group_ids: list[int], names: list[str], t: i
 
 on = make_rows(rewards.tolist(), group_ids.tolist(), [f"on{i}" for i in range(12)], t=5)
 cand = make_rows([0.0, 1.0, 1.0, 1.0, 0.0], [5, 5, 5, 9, 7], [f"guide{j}" for j in range(5)], t=7)
-gated = [g for g, a in group_accuracy(on.rewards, on.group_ids).items() if a < 0.6]  # [5]: accuracy 0.25
+gated = [g for g, a in group_accuracy(on.rewards, on.group_ids).items() if a <= 0.6]  # [5]: accuracy 0.25
 for k in (1, 2):
     mine = merge_guides(on, cand, gated, k)
     ref, _ = lib.merge_guides(on, cand, gated, k)
@@ -175,6 +186,7 @@ print("5.2 OK:", merge_guides(on, cand, gated).extras)
 # 3. A gated group of 8 has 2 correct on-policy rows, and the last slot held one of them. What do you lose by
 #    replacing it with a (correct) guide row, and what does the option `slot="incorrect_first"` of
 #    `npo_lab.core.guidance.merge_guides` do about it?
+# 4. With G = 8, do `op="le"` and `op="lt"` ever guide different groups at the threshold 0.6? With G = 5?
 
 # %% tags=["instructor"]
 # Answers.
@@ -187,3 +199,6 @@ print("5.2 OK:", merge_guides(on, cand, gated).extras)
 #    and the group keeps the same number of correct rows; incorrect_first replaces wrong rows first, so the
 #    guide adds a success instead of swapping one. npo_lab defaults to "last", the paper's one slot, as an
 #    assumption.
+# 4. With G = 8, p-hat is a multiple of 1/8 (0.5, 0.625, ...), never 0.6, so the two gates agree. With G = 5,
+#    p-hat = 3/5 = 0.6 is guided by "le" and not by "lt": a group with 3 correct rows of 5 gets a guide row under
+#    the paper's gate and none under the authors' code.
