@@ -304,7 +304,8 @@ class AutoNPOConfig:
     """k, samples per mistake-pool prompt: of pi_t in the confirmation probe (retrospective) or of each candidate
     checkpoint (lookahead). [assumption: G]"""
     q_prompts: int = 128
-    """At most this many mistake-pool prompts (the most recent) are probed per trigger. [assumption]"""
+    """At most this many mistake-pool prompts are probed per trigger: retrospective, split evenly over the candidate
+    slices (the most recent of each); lookahead, the most recent of the pool. [assumption]"""
     v_estimator: Literal["auto", "kl_exp", "is_variance", "chi2", "log_ratio", "grad_norm"] = "auto"
     """V-hat: kl_exp (exp(kl_beta * mean per-token KL between the two policies), the paper's form [paper-reading]),
     is_variance (1 + Var of per-token w = pi_t/pi_src on verified-correct rows), chi2 (1 + mean w^2 - 1), log_ratio

@@ -214,3 +214,48 @@ def test_candidates_must_be_snapshot_steps_in_retrospective_mode():
         AutoNPOConfig(candidates=(3, 10), snapshot_every=5)
     assert AutoNPOConfig(candidates=(3, 10), mode="lookahead").candidates == (3, 10)
     assert AutoNPOConfig().v == "kl_exp" and AutoNPOConfig(mode="lookahead").v == "is_variance"
+
+
+def test_two_rollbacks_to_the_same_step_keep_the_first_ones_extra_steps_in_the_log():
+    """The loop refreshes the snapshot's log mark after a rollback: a second rollback to the same step must not
+    erase the first one's lookahead/ rows."""
+    from npo_lab.train.method import RollbackRequest, SnapshotRing
+
+    class Twice(GRPO):
+        snapshots = SnapshotRing(every=2, horizon=4)
+
+        def __init__(self):
+            super().__init__()
+            self.done: set[int] = set()
+
+        def wants_rollback(self, state, past):
+            if state.step in (6, 8) and state.step not in self.done and 4 in past:
+                self.done.add(state.step)
+                return RollbackRequest(to_step=4)
+            return None
+
+    seed_everything(0)
+    grpo = GRPOConfig(batch_size=8, group_size=4, lr=0.1)
+    log = MemoryLogger()
+    res = train(make_state(ScriptedBackend(), grpo, 0), Twice(), RunConfig(steps=10, eval_every=5), grpo, logger=log)
+    assert res.interventions == [4, 4] and res.intervention_costs == [2, 4]
+    assert len(log.series("lookahead/reward/on_policy_mean")[0]) == 6
+    assert log.series("reward/on_policy_mean")[0] == list(range(1, 11))
+
+
+def test_the_probe_reaches_every_candidate_slice_when_recent_failures_flood_the_pool():
+    be = ScriptedBackend(n_prompts=64, seq_len=2, vocab=4, seed=0)
+    grpo = GRPOConfig(batch_size=8, group_size=4)
+    state = make_state(be, grpo, 0)
+    auto = AutoNPO(
+        AutoNPOConfig(candidates=(5, 10), snapshot_every=5, q_prompts=8, q_samples=2), NPOConfig(), 40, grpo
+    )
+    auto.pool.update({p: 0.0 for p in range(40, 60)}, gate=0.6, step=18)  # 20 recent failures (slice of 5)
+    auto.pool.update({p: 0.0 for p in range(3)}, gate=0.6, step=12)  # 3 older ones (slice of 10)
+    auto.controller.warning = lambda t: "plateau"  # type: ignore[method-assign]
+    state.step = 20
+    past = {10: be.save(), 15: be.save()}
+    auto.wants_rollback(state, past)
+    ev = auto.events[-1]
+    assert ev["kind"] == "intervention" and ev["probe_prompts"] == 4 + 3  # 8 split over two slices; the older has 3
+    assert ev["candidates"][5]["slice"] == 4 and ev["candidates"][10]["slice"] == 3

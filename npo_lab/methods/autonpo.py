@@ -122,7 +122,10 @@ class AutoNPO(_AutoNPOBase):
             return None
         deltas = [d for d in self.auto.candidates if t - d in past]
         slices = self.slices(t, deltas)
-        probe = [p for p in self.pool.prompts() if any(p in s for s in slices.values())][: self.auto.q_prompts]
+        # the probe's budget is split over the candidate slices (the most recent prompts of each), so a pool full of
+        # recent failures cannot leave the longer distances unscored
+        per = max(1, self.auto.q_prompts // max(len(deltas), 1))
+        probe = list(dict.fromkeys(p for d in deltas for p in slices[d][:per]))
         if not deltas or not probe:
             why = "no snapshot that far back" if not deltas else "no pool prompt failed in the candidate slices"
             self.event(step=t, kind="skipped", reason="plateau", why=why)

@@ -137,7 +137,8 @@ def train(
             la_step += 1
         del result.train_reward[s:], result.zero_std_groups[s:]
         result.evals = [(es, a) for es, a in result.evals if es <= s]
-        ring = {k: v for k, v in ring.items() if k <= s}
+        ring = {k: v for k, v in ring.items() if k < s}
+        ring[s] = (snap, log.mark(s))  # the log now ends with these extra steps: a later rollback to s keeps them
         result.interventions.append(s)
         result.intervention_costs.append(t - s)
         m = method.use_rollback(state, back)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from npo_lab.core.losses import aggregate as lib_aggregate
-from npo_lab.core.losses import policy_loss as lib_policy_loss
+from npo_lab.core.losses import policy_loss
+
+# the plain surrogate the assignment teaches: the library's overflow guard on the log-ratio (verl's clamp at 20) is
+# off, since the random test batches reach ratios past it
+lib_policy_loss = functools.partial(policy_loss, log_ratio_clamp=0.0)
 
 ASSIGNMENT = "a2_clipped_loss"
 MODES = ["token_mean", "seq_mean", "sum_norm"]

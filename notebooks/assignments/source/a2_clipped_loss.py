@@ -63,8 +63,13 @@ def clipped_surrogate(
 
 # %% tags=["selfcheck"]
 # Self-check 2.1: each token's loss and gradient against npo_lab.core.losses.policy_loss, which averages over
-# the mask: a one-hot mask picks out one token.
-from npo_lab.core.losses import policy_loss as lib_policy_loss
+# the mask: a one-hot mask picks out one token. (The library also clamps log(ratio) at +-20, verl's overflow guard;
+# it is switched off here so that the plain surrogate is compared.)
+import functools
+
+from npo_lab.core.losses import policy_loss
+
+lib_policy_loss = functools.partial(policy_loss, log_ratio_clamp=0.0)
 
 torch.manual_seed(0)
 B, T = 4, 5
