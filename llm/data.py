@@ -28,36 +28,15 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from npo_lab.llm.config import DataConfig
+from npo_lab.llm.example import IMAGE_MARKER, Example
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_MARKER = "<image>"
 _INSTALL_HINT = "pip install 'npo-lab[llm]'"
-
-
-@dataclass(frozen=True)
-class Example:
-    """One prompt row.
-
-    Attributes:
-        index: the row's 0-based index in its source (for error messages).
-        question: the question text, ``<image>`` markers kept.
-        answer: the ground-truth answer as text.
-        images: RGB images, fully loaded (no open file handles).
-        columns: the row's columns except the image column (question and answer included, as stored), for
-            custom reward functions.
-    """
-
-    index: int
-    question: str
-    answer: str
-    images: tuple[Image.Image, ...]
-    columns: dict
 
 
 class RowError(ValueError):

@@ -344,4 +344,3 @@ class ZeroUpdate:
 
     def step(self, optimizer: Any, max_grad_norm: float) -> float:
         return self.zero.step(max_grad_norm)
-
