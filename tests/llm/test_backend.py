@@ -98,7 +98,7 @@ def test_the_trainer_fills_nan_behaviour_with_the_anchor_in_both_update_modes(ma
         def after_step(self, state, outcome):
             seen["batch"], seen["entropy"] = outcome.batch, outcome.entropy
 
-    grpo_step(state, grpo, Spy(NPOConfig(interventions=()), total_steps=10))
+    grpo_step(state, grpo, Spy(NPOConfig(interventions=()), total_steps=10, grpo=grpo))
     b = seen["batch"]
     assert not torch.isnan(b.behavior_logprobs).any() and not torch.isnan(b.old_logprobs).any()
     torch.testing.assert_close(b.behavior_logprobs, b.old_logprobs)
