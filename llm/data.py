@@ -28,36 +28,16 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from npo_lab.llm.config import DataConfig
+from npo_lab.llm.example import IMAGE_MARKER, Example
+from npo_lab.llm.synthetic import synthetic_splits
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_MARKER = "<image>"
 _INSTALL_HINT = "pip install 'npo-lab[llm]'"
-
-
-@dataclass(frozen=True)
-class Example:
-    """One prompt row.
-
-    Attributes:
-        index: the row's 0-based index in its source (for error messages).
-        question: the question text, ``<image>`` markers kept.
-        answer: the ground-truth answer as text.
-        images: RGB images, fully loaded (no open file handles).
-        columns: the row's columns except the image column (question and answer included, as stored), for
-            custom reward functions.
-    """
-
-    index: int
-    question: str
-    answer: str
-    images: tuple[Image.Image, ...]
-    columns: dict
 
 
 class RowError(ValueError):
@@ -121,8 +101,6 @@ def load_split(cfg: DataConfig, which: Literal["train", "eval"]) -> tuple[list[E
         return [], {"rows": 0, "skipped_rows": 0}
 
     if cfg.dataset == "synthetic":
-        from npo_lab.llm.synthetic import synthetic_splits
-
         train, held_out = synthetic_splits(cfg)
         examples = held_out[: cfg.eval_rows] if which == "eval" else train[: cfg.max_rows or None]
         if not examples:

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from npo_lab.llm.config import DataConfig
-from npo_lab.llm.data import IMAGE_MARKER, Example
+from npo_lab.llm.example import IMAGE_MARKER, Example
 from PIL import Image, ImageDraw, ImageFont
 
 TASKS = ("count", "digits", "mixed", "color")
