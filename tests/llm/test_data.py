@@ -481,3 +481,57 @@ def test_reason_answers_are_graded_exactly():
     finally:
         rewards.close()
     assert totals == [want for _, _, want in rows]
+
+
+# ------------------------------------------------------------------------------------------------ MMFineReason
+
+
+def test_mmfinereason_rows_load_from_a_local_copy(tmp_path):
+    """Hand-written rows in MMFineReason's schema (its dataset card: one ``image``, ``question`` with an ``<image>``
+    marker, the standardised ``answer``, and metadata columns), as parquet shards in a folder laid out like the hub
+    copy (data/train-*.parquet), loaded with the column mapping of docs/llm.md and slices of its only split."""
+    datasets = pytest.importorskip("datasets")
+    ex = make_synthetic("reason", 5, seed=6, size=32)
+    answers = ["C", "12", "\\frac{1}{2}", "3\\sqrt{2}", "B"]
+    rows = {
+        "source": ["MMR1", "Euclid30K", "ViRL39K", "MMK12", "GameQA-140K"],
+        "id": list(range(5)),
+        "original_question": [f"q{i}" for i in range(5)],
+        "original_answer": answers,
+        "image": [e.images[0] for e in ex],
+        "question": [f"<image>Question {i}: answer after careful reasoning." for i in range(5)],
+        "answer": answers,
+        "qwen3vl_235b_instruct_caption": ["a caption"] * 5,
+        "qwen3vl_235b_thinking_response": ["<think>...</think><answer>C</answer>"] * 5,
+        "qwen3vl_4b_pass_rate": [0.0] * 5,
+        "is_consistent": [True] * 5,
+        "consistency_analysis": ["consistent"] * 5,
+    }
+    features = datasets.Features(
+        {k: datasets.Image() if k == "image" else datasets.Value(_arrow_type(v[0])) for k, v in rows.items()}
+    )
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(tmp_path / "data" / "train-00000-of-00001.parquet")
+    )
+    cfg = DataConfig(
+        dataset=str(tmp_path),
+        image_key="image",
+        question_key="question",
+        answer_key="answer",
+        split="train[:-2]",
+        eval_split="train[-2:]",
+        eval_rows=2,
+    )
+    train, stats = load_split(cfg, "train")
+    held_out, _ = load_split(cfg, "eval")
+    assert stats == {"rows": 3, "skipped_rows": 0}
+    assert [e.answer for e in train + held_out] == answers
+    assert _pixels(held_out[0].images[0]) == _pixels(ex[3].images[0].convert("RGB"))
+    assert build_messages(train[0], "")[0]["content"][0] == {"type": "image"}
+    assert train[1].columns["source"] == "Euclid30K" and "image" not in train[1].columns  # metadata for rewards
+    assert train[0].columns["qwen3vl_4b_pass_rate"] == 0.0
+
+
+def _arrow_type(value: object) -> str:
+    return {bool: "bool", int: "int64", float: "float64", str: "string"}[type(value)]
