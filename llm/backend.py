@@ -518,11 +518,10 @@ class QwenVLBackend:
         t = max(len(c) for c in comps)
         with self._autocast():
             logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits  # (rows, t + 1, V)
-        k = logits.shape[1]
         logps, ents = [], []
         for i, c in enumerate(comps):  # row by row in float32: bounded memory for a 150k vocabulary
             n_tok = len(c)
-            row = self._banned(logits[i, k - n_tok - 1 : k - 1].float() / self.cfg.temperature)  # (n_tok, V)
+            row = self._banned(completion_logits(logits, i, n_tok).float() / self.cfg.temperature)  # (n_tok, V)
             lsm = F.log_softmax(row, -1)
             target = torch.tensor(c, device=lsm.device).unsqueeze(-1)
             logps.append(F.pad(lsm.gather(-1, target).squeeze(-1), (0, t - n_tok)))
@@ -626,6 +625,17 @@ class QwenVLBackend:
         if was_training:
             model.train()
         return gather_rows(rows, valid, sharded)
+
+
+def completion_logits(logits: Tensor, row: int, n_tok: int) -> Tensor:
+    """The logits that score the ``n_tok`` completion tokens of ``row``: (n_tok, V).
+
+    Rows are left-padded, so every completion ends at the last position; the logits at position j predict token
+    j + 1, so the completion's tokens are scored by the ``n_tok`` positions before the last one. Off by one here and
+    every token is scored by the distribution that predicts the next one: tests/llm/test_learning.py shifts this
+    window on purpose and checks that learning stops."""
+    k = logits.shape[1]  # (rows, k, V), k = the longest completion + 1
+    return logits[row, k - n_tok - 1 : k - 1]
 
 
 def _cut(tokens: list[int], eos_ids: list[int], pad_id: int) -> tuple[list[int], bool]:

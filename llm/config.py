@@ -13,6 +13,8 @@ from typing import Literal
 
 from npo_lab.config import _check, _check_choices
 
+REASON_KINDS = ("color_add", "larger_color", "count_add", "compare")
+"""The question kinds of the synthetic ``reason`` task (npo_lab.llm.synthetic draws them)."""
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # module:function or module:Class.method
 _DEVICE = re.compile(r"^(auto|cpu|(cuda|mps|xpu|npu|hpu)(:\d+)?)$")
 
@@ -47,9 +49,16 @@ class DataConfig:
     skip drops it and counts it (a warning gives the count and the first bad row)."""
     system_prompt: str = "Reason briefly, then give the final answer in \\boxed{}."
     """System message of every prompt; empty for none. [assumption]"""
-    synthetic_task: Literal["count", "digits", "mixed", "color"] = "mixed"
-    """synthetic: count (how many shapes), digits (read the digits and add them), mixed (both), or color (name
-    the colour of one large shape by its number: the one the tiny CPU model can learn to see)."""
+    synthetic_task: Literal["count", "digits", "mixed", "color", "reason"] = "mixed"
+    """synthetic: count (how many shapes), digits (read the digits and add them), mixed (both), color (name
+    the colour of one large shape by its number), or reason (read the image, then one small step of reasoning:
+    the kinds of reason_kinds in turn; npo_lab.llm.synthetic describes each)."""
+    reason_kinds: str = "color_add,larger_color,count_add,compare"
+    """synthetic reason: comma-separated question kinds, taken in turn: color_add (a shape's colour number plus
+    m), larger_color (the colour number of the larger of two shapes), count_add (how many shapes, 1-4, plus m),
+    compare (the larger of two digits)."""
+    reason_max_addend: int = 4
+    """synthetic reason: the addend m of color_add and count_add is drawn from 1..reason_max_addend."""
     synthetic_train: int = 256
     """synthetic: training prompts."""
     synthetic_eval: int = 64
@@ -63,6 +72,14 @@ class DataConfig:
         for name in ("max_rows", "eval_rows", "synthetic_train", "synthetic_eval"):
             _check(getattr(self, name) >= 0, f"llm.data.{name}", getattr(self, name), ">= 0")
         _check(self.image_size >= 16, "llm.data.image_size", self.image_size, ">= 16")
+        _check(self.reason_max_addend >= 1, "llm.data.reason_max_addend", self.reason_max_addend, ">= 1")
+        kinds = [k.strip() for k in self.reason_kinds.split(",") if k.strip()]
+        _check(
+            bool(kinds) and all(k in REASON_KINDS for k in kinds) and len(set(kinds)) == len(kinds),
+            "llm.data.reason_kinds",
+            self.reason_kinds,
+            f"comma-separated distinct kinds of {', '.join(REASON_KINDS)}",
+        )
         for name in ("image_key", "question_key", "answer_key"):
             _check(bool(getattr(self, name)), f"llm.data.{name}", getattr(self, name), "a column name")
         for name in ("dataset", "split", "eval_split"):

@@ -10,7 +10,14 @@ of verl and EasyR1. Sources (``cfg.dataset``):
   file, which are then left out of the training split.
 * a folder written by ``datasets``' ``save_to_disk``: a DatasetDict gives ``cfg.split`` / ``cfg.eval_split``;
   a single Dataset is split like a JSONL file (its last ``cfg.eval_rows`` rows are the eval split).
-* anything else: a Hugging Face dataset id, loaded with ``datasets.load_dataset`` (which may download it).
+* any other folder (a local copy of a hub dataset: its parquet shards, e.g. ``data/train-*.parquet``) and
+  anything else (a Hugging Face dataset id) are loaded with ``datasets.load_dataset`` (a hub id may be
+  downloaded) and split with ``cfg.split`` / ``cfg.eval_split``, which may be slices of one split
+  (``train[:-512]`` / ``train[-512:]``) for a dataset that has no held-out split.
+
+MMFineReason (the NPO paper's training data, MMFineReason-123K) has one image per row in ``image``, the
+question with its ``<image>`` marker in ``question`` and the standardised answer in ``answer`` (its dataset
+card; docs/llm.md, "Data"): ``image_key="image"``, ``question_key="question"``, ``answer_key="answer"``.
 
 The train split keeps its first ``cfg.max_rows`` rows when that is > 0 and the eval split its first
 ``cfg.eval_rows`` rows (caps apply to rows read, before malformed ones are dropped). A malformed row raises a
@@ -34,6 +41,7 @@ from typing import Any, Literal
 
 from npo_lab.llm.config import DataConfig
 from npo_lab.llm.example import IMAGE_MARKER, Example
+from npo_lab.llm.synthetic import synthetic_splits
 from PIL import Image, UnidentifiedImageError
 
 _INSTALL_HINT = "pip install 'npo-lab[llm]'"
@@ -100,8 +108,6 @@ def load_split(cfg: DataConfig, which: Literal["train", "eval"]) -> tuple[list[E
         return [], {"rows": 0, "skipped_rows": 0}
 
     if cfg.dataset == "synthetic":
-        from npo_lab.llm.synthetic import synthetic_splits
-
         train, held_out = synthetic_splits(cfg)
         examples = held_out[: cfg.eval_rows] if which == "eval" else train[: cfg.max_rows or None]
         if not examples:
@@ -111,7 +117,7 @@ def load_split(cfg: DataConfig, which: Literal["train", "eval"]) -> tuple[list[E
     if is_jsonl:
         return _load_jsonl(cfg, which)
     path = Path(cfg.dataset)
-    if path.is_dir():
+    if path.is_dir() and _saved_to_disk(path):
         return _load_disk(cfg, which, path)
     if path.is_file():
         raise ValueError(
@@ -179,6 +185,12 @@ def _hf_rows(ds: Any, start: int, stop: int) -> Iterator[tuple[int, Any]]:
         yield from enumerate(ds.select(range(start, stop)), start=start)
 
 
+def _saved_to_disk(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``save_to_disk`` (a Dataset or a DatasetDict), the files
+    ``datasets.load_from_disk`` looks for; any other folder is a dataset for ``load_dataset``."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
 def _load_disk(cfg: DataConfig, which: str, path: Path) -> tuple[list[Example], dict[str, int]]:
     datasets = _datasets()
     obj = datasets.load_from_disk(str(path))
@@ -210,7 +222,8 @@ def _load_hub(cfg: DataConfig, which: str) -> tuple[list[Example], dict[str, int
     except ValueError as e:
         raise ValueError(f"{cfg.dataset}: cannot load split {split!r}: {e}") from e
     stop = min(len(ds), cfg.eval_rows if which == "eval" else cfg.max_rows or len(ds))
-    return _collect(cfg, which, f"{cfg.dataset}[{split}]", _hf_rows(ds, 0, stop), Path.cwd(), None)
+    base = Path(cfg.dataset) if Path(cfg.dataset).is_dir() else Path.cwd()  # relative image paths of a folder
+    return _collect(cfg, which, f"{cfg.dataset}[{split}]", _hf_rows(ds, 0, stop), base, None)
 
 
 # ------------------------------------------------------------------------------------------------- rows

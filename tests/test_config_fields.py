@@ -157,6 +157,8 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "eval_rows": [-1],
         "bad_rows": ["ignore"],
         "synthetic_task": ["shapes"],
+        "reason_kinds": ["", "count", "compare,compare"],
+        "reason_max_addend": [0],
         "synthetic_train": [-1],
         "synthetic_eval": [-1],
         "image_size": [8],

@@ -406,3 +406,132 @@ def test_float_answers_are_written_positionally_and_non_files_are_refused(tmp_pa
     os.mkfifo(tmp_path / "pipe.png")  # opening a FIFO would block forever
     with pytest.raises(ValueError, match="not a regular file"):
         load_image("pipe.png", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ reason task
+
+
+def test_reason_task_answers_follow_from_what_is_drawn():
+    from npo_lab.llm.synthetic import COLOR_CHOICES, COLOR_LEGEND, REASON_KINDS, REASON_QUESTIONS
+
+    exs = make_synthetic("reason", 160, seed=4, size=64)
+    assert [ex.columns["kind"] for ex in exs[:8]] == list(REASON_KINDS) * 2  # the kinds in turn
+    phrasings = set()
+    for ex in exs:
+        kind, m, cols = ex.columns["kind"], ex.columns["addend"], ex.columns
+        text = ex.question.removeprefix("<image>")
+        (which,) = [i for i, t in enumerate(REASON_QUESTIONS[kind]) if text == t.format(legend=COLOR_LEGEND, m=m)]
+        phrasings.add((kind, which))
+        if kind == "color_add":
+            (shape,) = cols["shapes"]
+            assert int(ex.answer) == COLOR_CHOICES.index(shape["color"]) + 1 + m
+            centre = ex.images[0].getpixel((32, 36))
+            assert max(abs(a - b) for a, b in zip(centre, PALETTE[shape["color"]])) < 10
+        elif kind == "larger_color":
+            big, small = cols["shapes"]  # the larger shape first
+            assert big["radius"] > 1.6 * small["radius"] and m is None
+            assert ex.answer == str(COLOR_CHOICES.index(big["color"]) + 1)
+            counts = {c: 0 for c in (big["color"], small["color"])}
+            data = ex.images[0].tobytes()
+            for px in (data[i : i + 3] for i in range(0, len(data), 3)):
+                for c in counts:
+                    counts[c] += max(abs(a - b) for a, b in zip(px, PALETTE[c])) < 30
+            assert counts[big["color"]] > 1.5 * counts[small["color"]], counts  # the larger one covers more pixels
+        elif kind == "count_add":
+            k = len(cols["shapes"])
+            assert 1 <= k <= 4 and int(ex.answer) == k + m
+            assert len({s["quadrant"] for s in cols["shapes"]}) == k  # at most one shape per quadrant
+            assert _components(ex.images[0], ex.images[0].getpixel((0, 0))) == k
+        else:
+            a, b = cols["digits"]
+            assert a != b and ex.answer == str(max(a, b)) and m is None
+    assert phrasings == {(k, i) for k in REASON_KINDS for i in range(len(REASON_QUESTIONS[k]))}  # every phrasing
+    again = make_synthetic("reason", 160, seed=4, size=64)
+    assert [e.images[0].tobytes() for e in again] == [e.images[0].tobytes() for e in exs]
+
+
+def test_reason_kinds_and_addend_are_config_fields():
+    cfg = DataConfig(synthetic_task="reason", reason_kinds="count_add, compare", reason_max_addend=2)
+    train, held_out = synthetic_splits(cfg)
+    assert {ex.columns["kind"] for ex in train} == {"count_add", "compare"}
+    assert {ex.columns["addend"] for ex in train if ex.columns["kind"] == "count_add"} == {1, 2}
+    assert not {fingerprint(e) for e in train} & {fingerprint(e) for e in held_out}
+    for bad in ("", "count_add,count_add", "count,compare"):
+        with pytest.raises(ValueError, match="llm.data.reason_kinds"):
+            DataConfig(reason_kinds=bad)
+    with pytest.raises(ValueError, match="reason kinds"):
+        make_synthetic("reason", 1, seed=0, kinds=("spin",))
+
+
+def test_reason_answers_are_graded_exactly():
+    """The verifier accepts the answer written several ways and refuses every other number."""
+    from npo_lab.llm.config import RewardConfig
+    from npo_lab.llm.rewards import RewardSet
+
+    exs = make_synthetic("reason", 8, seed=5)
+    rows = []
+    for ex in exs:
+        n = int(ex.answer)
+        rows += [(f"\\boxed{{{n}}}", ex.answer, 1.0), (f"so it is \\boxed{{{n}.0}}", ex.answer, 1.0)]
+        rows += [(f"\\boxed{{{n + d}}}", ex.answer, 0.0) for d in (-1, 1, 10)]
+    rewards = RewardSet(RewardConfig())
+    try:
+        totals, _ = rewards.score([""] * len(rows), [c for c, _, _ in rows], [a for _, a, _ in rows],
+                                  [[]] * len(rows), [{}] * len(rows))  # fmt: skip
+    finally:
+        rewards.close()
+    assert totals == [want for _, _, want in rows]
+
+
+# ------------------------------------------------------------------------------------------------ MMFineReason
+
+
+def test_mmfinereason_rows_load_from_a_local_copy(tmp_path):
+    """Hand-written rows in MMFineReason's schema (its dataset card: one ``image``, ``question`` with an ``<image>``
+    marker, the standardised ``answer``, and metadata columns), as parquet shards in a folder laid out like the hub
+    copy (data/train-*.parquet), loaded with the column mapping of docs/llm.md and slices of its only split."""
+    datasets = pytest.importorskip("datasets")
+    ex = make_synthetic("reason", 5, seed=6, size=32)
+    answers = ["C", "12", "\\frac{1}{2}", "3\\sqrt{2}", "B"]
+    rows = {
+        "source": ["MMR1", "Euclid30K", "ViRL39K", "MMK12", "GameQA-140K"],
+        "id": list(range(5)),
+        "original_question": [f"q{i}" for i in range(5)],
+        "original_answer": answers,
+        "image": [e.images[0] for e in ex],
+        "question": [f"<image>Question {i}: answer after careful reasoning." for i in range(5)],
+        "answer": answers,
+        "qwen3vl_235b_instruct_caption": ["a caption"] * 5,
+        "qwen3vl_235b_thinking_response": ["<think>...</think><answer>C</answer>"] * 5,
+        "qwen3vl_4b_pass_rate": [0.0] * 5,
+        "is_consistent": [True] * 5,
+        "consistency_analysis": ["consistent"] * 5,
+    }
+    features = datasets.Features(
+        {k: datasets.Image() if k == "image" else datasets.Value(_arrow_type(v[0])) for k, v in rows.items()}
+    )
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(tmp_path / "data" / "train-00000-of-00001.parquet")
+    )
+    cfg = DataConfig(
+        dataset=str(tmp_path),
+        image_key="image",
+        question_key="question",
+        answer_key="answer",
+        split="train[:-2]",
+        eval_split="train[-2:]",
+        eval_rows=2,
+    )
+    train, stats = load_split(cfg, "train")
+    held_out, _ = load_split(cfg, "eval")
+    assert stats == {"rows": 3, "skipped_rows": 0}
+    assert [e.answer for e in train + held_out] == answers
+    assert _pixels(held_out[0].images[0]) == _pixels(ex[3].images[0].convert("RGB"))
+    assert build_messages(train[0], "")[0]["content"][0] == {"type": "image"}
+    assert train[1].columns["source"] == "Euclid30K" and "image" not in train[1].columns  # metadata for rewards
+    assert train[0].columns["qwen3vl_4b_pass_rate"] == 0.0
+
+
+def _arrow_type(value: object) -> str:
+    return {bool: "bool", int: "int64", float: "float64", str: "string"}[type(value)]
