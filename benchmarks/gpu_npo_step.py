@@ -1,6 +1,8 @@
 """One NPO step of a Qwen3-VL-2B-shaped model on one GPU, beside TRL's GRPOTrainer and the vLLM engine.
 
-Ready to run on one GPU (bf16; about 5-8 minutes on an H200, within a 10-minute budget that the script enforces):
+Ready to run on one GPU (bf16; about 5-8 minutes on an H200 is the estimate, unmeasured). It aims at a 10-minute
+budget: ``--budget-s`` skips the TRL and vLLM parts when too little of it is left; the model build and npo_lab's
+part are not bounded:
 
     python benchmarks/gpu_npo_step.py --out runs/bench/gpu_npo_step.json
 
@@ -177,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scratch", default="", help="folder for the model and checkpoints (default: a temporary one)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     a = p.parse_args(argv)
+    if min(a.batch, a.group, a.micro_batch, a.image_size) < 1:
+        p.error("--batch, --group, --micro-batch and --image-size must be >= 1")
     if a.batch % a.group or a.batch % a.micro_batch:
         p.error(f"--batch {a.batch} must be divisible by --group {a.group} and --micro-batch {a.micro_batch}")
     if min(a.steps, a.delta, a.completion) < 1:
@@ -410,7 +414,7 @@ def run_trl(args: argparse.Namespace, folder: Path, device: Any) -> dict[str, An
     import torch
     import trl
     from datasets import Dataset
-    from npo_lab.llm.data import IMAGE_MARKER
+    from npo_lab.llm.example import IMAGE_MARKER
     from npo_lab.llm.model import load_processor
     from npo_lab.llm.synthetic import make_synthetic
     from transformers import TrainerCallback

@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from datasets import Dataset
     from npo_lab.llm.backend import QwenVLBackend
     from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig
-    from npo_lab.llm.data import IMAGE_MARKER, build_messages
+    from npo_lab.llm.data import build_messages
+    from npo_lab.llm.example import IMAGE_MARKER
     from npo_lab.llm.model import load_processor, write_tiny_model
     from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     p.add_argument("--train", type=int, default=1024, help="training images")
     p.add_argument("--eval", type=int, default=128, help="held-out images")
     a = p.parse_args(argv)
+    if min(a.steps) < 1 or min(a.train, a.eval) < 1:
+        p.error("--steps, --train and --eval must be >= 1")
 
     import torch
     from npo_lab.llm.backend import QwenVLBackend

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from npo_lab.llm.config import LLMConfig
-from npo_lab.llm.data import Example, build_messages, load_split
+from npo_lab.llm.data import build_messages, load_split
 from npo_lab.llm.dist import (
     World,
     agree,
@@ -38,6 +38,7 @@ from npo_lab.llm.dist import (
     init_world,
     shard_rows,
 )
+from npo_lab.llm.example import Example
 from npo_lab.llm.model import load_model, load_processor, param_counts, prepare_trainable, resolve_model, torch_dtype
 from npo_lab.llm.rewards import RewardSet
 from npo_lab.llm.zero import Zero3, ZeroUpdate, engine_config, read_config, require_deepspeed, resolve_strategy

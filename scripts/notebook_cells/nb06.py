@@ -376,7 +376,7 @@ CELLS = [
         disk, each look-ahead checkpoint holds the float32 master weights (32 GiB; docs/llm.md).
 
         **Try.** `npo-lab compare --config recipes/tiny_reason.toml` (GRPO, NPO and AutoNPO on this task, 5 seeds,
-        about 40 minutes: docs/benchmarks.md section 10); `--llm.data.reason-kinds color_add,count_add` to see how
+        about an hour on 2 cores: docs/benchmarks.md section 10); `--llm.data.reason-kinds color_add,count_add` to see how
         much slower the tiny model learns two kinds at once; `npo-lab compare --config recipes/tiny_cpu.toml` for
         the mechanics on the count and digit tasks, which the tiny model cannot read (it stays at chance);
         `recipes/qwen3vl_2b_lora.toml` for one GPU.
