@@ -633,7 +633,7 @@ def completion_logits(logits: Tensor, row: int, n_tok: int) -> Tensor:
 
     Rows are left-padded, so every completion ends at the last position; the logits at position j predict token
     j + 1, so the completion's tokens are scored by the ``n_tok`` positions before the last one. Off by one here and
-    every token is scored by the distribution that predicts the next one: tests/llm/test_learning.py shifts this
+    every token is scored by the distribution that predicts the next one: tests/llm/test_qwen_learning.py shifts this
     window on purpose and checks that learning stops."""
     k = logits.shape[1]  # (rows, k, V), k = the longest completion + 1
     return logits[row, k - n_tok - 1 : k - 1]

@@ -24,7 +24,7 @@ CELLS = [
 
         **How far this goes.** One seed and 100 steps here; docs/benchmarks.md section 10 has GRPO, NPO and AutoNPO
         over 5 seeds (200 steps each) and the kinds the tiny model does *not* learn within a CPU budget (mixing the
-        kinds, comparing two digits). `tests/llm/test_learning.py` runs this same GRPO run in CI, and checks that
+        kinds, comparing two digits). `tests/llm/test_qwen_learning.py` runs this same GRPO run in CI, and checks that
         flipping the advantage's sign or shifting the completion's log-probs by one token breaks it.
 
         The same NPO core drives a vision-language model through transformers (docs/llm.md): one row is a
@@ -148,7 +148,7 @@ CELLS = [
         Plain GRPO from the warm-started weights: 8 prompts × G = 8 rows per step, Adam at 1e-3, one update per
         batch, 100 steps; held-out accuracy (greedy, on 128 images the model never trains on) before and after, the
         training reward at every step. The trainer is the one of notebooks 1-5; only the backend differs. This is
-        the run `tests/llm/test_learning.py` makes in CI (same seed, same settings: evaluations draw from the
+        the run `tests/llm/test_qwen_learning.py` makes in CI (same seed, same settings: evaluations draw from the
         sampling generator, so it evaluates at the same steps), where flipping the advantage's sign or scoring each
         completion token with the next position's logits drives accuracy down instead.
         """,
