@@ -259,3 +259,49 @@ def test_the_probe_reaches_every_candidate_slice_when_recent_failures_flood_the_
     ev = auto.events[-1]
     assert ev["kind"] == "intervention" and ev["probe_prompts"] == 4 + 3  # 8 split over two slices; the older has 3
     assert ev["candidates"][5]["slice"] == 4 and ev["candidates"][10]["slice"] == 3
+
+
+@pytest.mark.parametrize("bias,rolls_back", [(-30.0, False), (30.0, True)])
+def test_no_rollback_when_pi_t_has_nothing_to_teach(bias, rolls_back):
+    """pi_t that solves none of the probed prompts (its answer token has logit -30) has no verified answer for the
+    replay, which would then repeat the discarded steps exactly: the warning is skipped, not counted against the cap,
+    and the cache stays empty. The same warning with a pi_t that solves them (+30) rolls back."""
+    be = ScriptedBackend(n_prompts=64, seq_len=2, vocab=4, seed=0, init_bias=bias)
+    grpo = GRPOConfig(batch_size=8, group_size=4)
+    state = make_state(be, grpo, 0)
+    auto = AutoNPO(
+        AutoNPOConfig(candidates=(5, 10), snapshot_every=5, q_prompts=8, q_samples=2), NPOConfig(), 40, grpo
+    )
+    auto.pool.update({p: 0.0 for p in range(40, 44)}, gate=0.6, step=17)
+    auto.pool.update({p: 0.0 for p in range(3)}, gate=0.6, step=12)
+    auto.controller.warning = lambda t: "plateau"  # type: ignore[method-assign]
+    state.step = 20
+    request = auto.wants_rollback(state, {10: be.save(), 15: be.save()})
+    ev = auto.events[-1]
+    if rolls_back:
+        assert request is not None and ev["kind"] == "intervention" and auto.cache.rows
+        assert auto.controller.count == 1
+    else:
+        assert (
+            request is None and ev["kind"] == "skipped" and "no verified answer" in ev["why"] and not auto.cache.rows
+        )
+        assert all(c["q"] == 0.0 for c in ev["candidates"].values())
+        assert auto.controller.count == 0  # not counted: the cap is still whole
+
+
+def test_nested_since_slices_share_the_probe_with_the_older_failures():
+    """slice=since: B_10 contains B_5; the longer candidate's share comes from what B_5 does not hold, so a pool
+    flooded with recent failures still probes the older ones (as the band slices do)."""
+    be = ScriptedBackend(n_prompts=64, seq_len=2, vocab=4, seed=0)
+    grpo = GRPOConfig(batch_size=8, group_size=4)
+    state = make_state(be, grpo, 0)
+    cfg = AutoNPOConfig(candidates=(5, 10), snapshot_every=5, q_prompts=8, q_samples=2, slice="since")
+    auto = AutoNPO(cfg, NPOConfig(), 40, grpo)
+    auto.pool.update({p: 0.0 for p in range(3)}, gate=0.6, step=12)  # 3 older failures, only in B_10
+    auto.pool.update({p: 0.0 for p in range(40, 60)}, gate=0.6, step=18)  # then 20 recent ones, newest first
+    auto.controller.warning = lambda t: "plateau"  # type: ignore[method-assign]
+    state.step = 20
+    auto.wants_rollback(state, {10: be.save(), 15: be.save()})
+    ev = auto.events[-1]
+    assert ev["probe_prompts"] == 4 + 3
+    assert ev["candidates"][5]["slice"] == 4 and ev["candidates"][10]["slice"] == 4 + 3

@@ -287,10 +287,12 @@ def test_compare_runs_all_six_methods(tmp_path):
             assert 0.0 <= poi["ci95"][0] <= poi["point"] <= poi["ci95"][1] <= 1.0
     assert doc["methods"]["grpo"]["prob_improvement"]["final_accuracy"]["point"] == 0.5  # vs itself
     auto = doc["methods"]["autonpo"]["per_seed"][0]
-    assert auto["interventions"] == [0] and auto["intervention_costs"] == [2]  # rolled back 2 steps, to step 0
+    # the warning fires at step 2, but the barely warm-started policy solves none of the probed prompts: nothing to
+    # teach, so no rollback (the gym test below sees one through the CLI)
+    assert auto["interventions"] == [] and auto["intervention_costs"] == []
     assert doc["methods"]["rlep"]["per_seed"][0]["prior_steps"] == 8
     events = (out / "runs" / "autonpo__seed0" / "events.log").read_text()
-    assert "intervention (plateau)" in events and "delta 2: Q" in events
+    assert "step 2 skipped (plateau): why pi_t has no verified answer" in events and "delta 2: Q 0.000" in events
     assert (
         json.loads((out / "runs" / "rlep__seed0" / "events.jsonl").read_text().splitlines()[0])["kind"] == "rlep_pool"
     )

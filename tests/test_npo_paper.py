@@ -137,6 +137,19 @@ def test_npo_can_intervene_at_a_plateau_it_detects():
         NPOConfig(when="plateau", every=10)
 
 
+@pytest.mark.parametrize("interventions,want", [((0,), [0]), ((), [])])
+def test_npo_at_a_plateau_never_exceeds_its_interventions(interventions, want):
+    """when=plateau with no intervention after step 0 listed: the flat reward must not trigger any (the controller
+    reads max_interventions=0 as no cap, so NPO builds no detector then)."""
+    auto = AutoNPOConfig(window=4, smoothing=1.0, stagnation_slope=1e-3, cooldown=5)
+    npo = NPOConfig(delta=2, interventions=interventions, guide_samples=2, when="plateau")
+    seed_everything(0)
+    be = ScriptedBackend(n_prompts=40, seq_len=2, vocab=4, seed=0)
+    grpo = GRPOConfig(batch_size=16, group_size=4, lr=1e-9)  # the reward is flat: a detector would fire
+    res = train(make_state(be, grpo, 0), NPO(npo, 30, grpo, auto), RunConfig(steps=30, eval_every=100), grpo)
+    assert res.interventions == want
+
+
 def test_an_npo_checkpoint_of_the_earlier_reading_is_refused_with_a_reason():
     method = NPO(NPOConfig(), 10, GRPOConfig())
     with pytest.raises(ValueError, match="before NPO cached its guides"):

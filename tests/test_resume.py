@@ -29,12 +29,14 @@ TINY = [
 METHODS = {
     # a look-ahead of 2 steps every 4 steps: about a third of all steps are look-ahead steps
     "npo": ["--method", "npo", "--npo.interventions", "0", "--npo.every", "4", "--npo.delta", "2"],
-    # retrospective AutoNPO warned at every chance (cooldown 6): rollbacks of 2 or 4 steps, snapshots every 2 steps
+    # retrospective AutoNPO warned at every chance (cooldown 6): rollbacks of 2 or 4 steps, snapshots every 2 steps;
+    # a longer warm start (the later flag wins) so that pi_t solves some probed prompts and has answers to teach
+    # (without them no rollback happens): rollbacks at steps 4 (to 0), 10 and 16 in 20 steps
     "autonpo": [
         *("--method", "autonpo", "--autonpo.candidates", "2", "4", "--autonpo.snapshot-every", "2"),
         *("--autonpo.cooldown", "6", "--autonpo.window", "3", "--autonpo.smoothing", "1.0"),
         *("--autonpo.stagnation-slope", "1.0", "--autonpo.entropy-slope", "1.0", "--autonpo.max-interventions", "0"),
-        *("--autonpo.q-samples", "2"),
+        *("--autonpo.q-samples", "8", "--model.warm-steps", "200"),
     ],
     # the earlier reading: bootstrap triggers at every chance (cooldown 3), two candidates scored on the pool
     "autonpo-lookahead": [

@@ -124,8 +124,13 @@ class AutoNPO(_AutoNPOBase):
         slices = self.slices(t, deltas)
         # the probe's budget is split over the candidate slices (the most recent prompts of each), so a pool full of
         # recent failures cannot leave the longer distances unscored
+        # (nested ``since`` slices: a candidate's share is taken from the prompts no shorter candidate's slice holds)
         per = max(1, self.auto.q_prompts // max(len(deltas), 1))
-        probe = list(dict.fromkeys(p for d in deltas for p in slices[d][:per]))
+        probe: list[int] = []
+        shorter: set[int] = set()
+        for d in deltas:
+            probe += [p for p in slices[d] if p not in shorter][:per]
+            shorter |= set(slices[d])
         if not deltas or not probe:
             why = "no snapshot that far back" if not deltas else "no pool prompt failed in the candidate slices"
             self.event(step=t, kind="skipped", reason="plateau", why=why)
@@ -144,6 +149,21 @@ class AutoNPO(_AutoNPOBase):
             sl = [p for p in slices[d] if p in probed]
             scores[d] = self._score(state, rows, sl, past[t - d])
         best, _ = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])
+        # pi_t's verified answers to the chosen slice are what the replay teaches; with none, the replay would
+        # repeat the discarded steps exactly (every RNG is restored), so nothing is rolled back
+        chosen = set(slices[best]) if best is not None else set()
+        picked = [i for i, p in enumerate(rows.group_ids.tolist()) if p in chosen]
+        teach = verified_rows(rows.select(picked), self.thr) if picked else {}
+        if not teach:
+            self.event(
+                step=t,
+                kind="skipped",
+                reason="plateau",
+                why="pi_t has no verified answer to teach in the best candidate's slice (S-hat 0 or none)",
+                candidates={d: scores[d] for d in deltas},
+            )
+            self.controller.record(t, counted=False)  # wait a cooldown before asking again
+            return None
         self.controller.record(t)
         self.event(
             step=t,
@@ -157,13 +177,8 @@ class AutoNPO(_AutoNPOBase):
             candidates={d: scores[d] for d in deltas},
             delta=best,
         )
-        if best is None:
-            return None
         # pi_t's verified answers to the chosen slice guide the replay; the pool forgets the failures it replays
-        chosen = set(slices[best])
-        self.cache.rows = verified_rows(
-            rows.select([i for i, p in enumerate(rows.group_ids.tolist()) if p in chosen]), self.thr
-        )
+        self.cache.rows = teach
         self.checkpoint, self.start, self.until = None, t - best, t
         self.pool.forget_from(t - best)
         self.chosen.append(best)

@@ -91,9 +91,10 @@ class NPO(GRPO):
         """Guidance is on for steps in [start, until)."""
         self.cache = GuideCache()
         self.detector: AutoNPOController | None = None
-        if cfg.when == "plateau":  # the stagnation test alone, at most len(interventions) interventions in all
+        later = len(cfg.interventions) - int(0 in cfg.interventions)
+        if cfg.when == "plateau" and later > 0:  # the stagnation test alone, at most len(interventions) in all
+            # (later == 0: no plateau intervention at all; the controller would read max_interventions=0 as no cap)
             auto = plateau or AutoNPOConfig()
-            later = len(cfg.interventions) - int(0 in cfg.interventions)
             self.detector = AutoNPOController(
                 dataclasses.replace(
                     auto,
