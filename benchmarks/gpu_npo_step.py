@@ -90,40 +90,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         "vocab_size": 151936,
         "tie": True,
     },
-    # the CPU test's shape: the tiny model of npo_lab.llm.model with Qwen's vocabulary size kept small
-    "tiny": {
-        "text": dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=2048,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 1e4,
-                "mrope_section": [2, 3, 3],
-                "mrope_interleaved": True,
-            },
-        ),
-        "vision": dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            out_hidden_size=64,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
-        ),
-        "vocab_size": 0,  # 0 = the tokenizer's own size
-        "tie": True,
-    },
 }
-"""Model shapes: ``2b`` is the GPU check, ``tiny`` the CPU test of this script."""
+"""The GPU check's model shape; ``--shape tiny`` (the CPU test of this script) is npo_lab.llm.model.tiny_config."""
 
 
 # ---- npo_lab's training entry points: the one place this script names npo_lab's internal modules ----------------
@@ -161,7 +129,7 @@ def reward_length(prompts: list, completions: list, **kwargs: Any) -> list[float
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), default="2b")
+    p.add_argument("--shape", choices=sorted([*SHAPES, "tiny"]), default="2b")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="", help="default: bfloat16 on a GPU")
     p.add_argument("--batch", type=int, default=64, help="rows per step, B = prompts x G")
@@ -191,9 +159,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- the model folder -------------------------------------------------------------------------------------------
 def model_config(shape: str, tokenizer: Any) -> Any:
     """The ``Qwen3VLConfig`` of ``shape`` with the special-token ids of ``tokenizer``."""
-    from npo_lab.llm.model import SPECIAL_TOKENS
+    from npo_lab.llm.model import SPECIAL_TOKENS, tiny_config
     from transformers import Qwen3VLConfig
 
+    if shape == "tiny":  # the tiny model of the CPU tests, with tied embeddings like the 2B model
+        return tiny_config(tokenizer, tie=True)
     spec = SHAPES[shape]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(spec["text"], vocab_size=spec["vocab_size"] or len(tokenizer))

@@ -284,12 +284,7 @@ def _draw_color(rng: random.Random, size: int) -> tuple[Image.Image, str, dict]:
     fill = PALETTE[COLOR_CHOICES[k]]
     c, rr = size * _SS / 2, size * _SS * rng.uniform(0.3, 0.42)
     cx, cy = c + rng.uniform(-0.05, 0.05) * size * _SS, c + rng.uniform(-0.05, 0.05) * size * _SS
-    if kind == "circle":
-        draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=fill)
-    elif kind == "square":
-        draw.rectangle((cx - 0.8 * rr, cy - 0.8 * rr, cx + 0.8 * rr, cy + 0.8 * rr), fill=fill)
-    else:
-        draw.polygon([(cx, cy - rr), (cx - rr, cy + 0.8 * rr), (cx + rr, cy + 0.8 * rr)], fill=fill)
+    _shape(draw, kind, cx, cy, rr, fill)
     image = canvas.resize((size, size), Image.Resampling.BOX)
     return image, str(k + 1), {"shape": kind, "color": COLOR_CHOICES[k]}
 
