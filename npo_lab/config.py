@@ -209,9 +209,22 @@ class NPOConfig:
     """If > 0, guidance also stops after at most this many steps, whatever npo.window says. [assumption]"""
     restore_optimizer: bool = True
     """Restore the optimizer state on rollback (exact rollback). [assumption: the paper does not say]"""
+    future: Literal["lookahead", "extrapolate"] = "lookahead"
+    """Where the guide checkpoint comes from. lookahead: train delta steps ahead and roll back (the paper's
+    pi_{t+Delta}). extrapolate (beyond the paper): no extra steps; theta_t + alpha (theta_t - theta_{t-k}), the run's
+    own recent direction continued (RLVR-Linearity, NExt), k = npo.extrapolate_k, alpha = npo.extrapolate_alpha. The
+    parameters are copied k steps before each scheduled intervention, so an intervention listed before step k
+    happens at step k; the guided window is [t, t + delta) as with lookahead. Needs npo.when = schedule."""
+    extrapolate_k: int = 10
+    """future=extrapolate: the direction is theta_t - theta_{t-k} over this many steps. [assumption]"""
+    extrapolate_alpha: float = 0.0
+    """future=extrapolate: how far along the direction; 0 = delta / extrapolate_k (delta steps ahead at the pace of
+    the last k steps). [assumption]"""
 
     def __post_init__(self) -> None:
         _check(self.delta >= 1, "npo.delta", self.delta, ">= 1 (look-ahead steps)")
+        _check(self.extrapolate_k >= 1, "npo.extrapolate_k", self.extrapolate_k, ">= 1")
+        _check(self.extrapolate_alpha >= 0, "npo.extrapolate_alpha", self.extrapolate_alpha, ">= 0 (0: delta / k)")
         _check(0.0 <= self.gate <= 1.0, "npo.gate", self.gate, "in [0, 1]")
         _check(self.guide_slots >= 1, "npo.guide_slots", self.guide_slots, ">= 1")
         _check(self.guide_samples >= 1, "npo.guide_samples", self.guide_samples, ">= 1")
@@ -224,6 +237,13 @@ class NPOConfig:
         _check(self.guidance_window >= 0, "npo.guidance_window", self.guidance_window, ">= 0")
         if self.when == "plateau":
             _check(self.every == 0, "npo.every", self.every, "0 with npo.when='plateau' (the plateau test decides)")
+            _check(
+                self.future == "lookahead",
+                "npo.future",
+                self.future,
+                "lookahead with npo.when='plateau' (an extrapolated future copies the weights k steps before a "
+                "scheduled intervention)",
+            )
         if self.guide_source == "cache":
             _check(
                 self.guide_slots == 1,
@@ -232,14 +252,26 @@ class NPOConfig:
                 "1 with npo.guide_source='cache' (the cache keeps one verified row per prompt)",
             )
 
+    @property
+    def alpha(self) -> float:
+        """The extrapolation factor in use (``extrapolate_alpha``, or delta / extrapolate_k when it is 0)."""
+        return self.extrapolate_alpha or self.delta / self.extrapolate_k
+
     def intervention_steps(self, total_steps: int) -> list[int]:
-        """The sorted scheduled intervention steps below ``total_steps`` (``when='plateau'``: step 0 if listed)."""
+        """The sorted scheduled intervention steps below ``total_steps`` (``when='plateau'``: step 0 if listed;
+        ``future='extrapolate'``: none before step ``extrapolate_k``, where the first direction exists).
+
+        >>> NPOConfig(future="extrapolate", extrapolate_k=10).intervention_steps(200)
+        [10, 100]
+        """
         if self.when == "plateau":
             return [0] if 0 in self.interventions and total_steps > 0 else []
         steps = set(s for s in self.interventions if s < total_steps)
         if self.every > 0:
             start = max(self.interventions, default=0) + self.every
             steps.update(range(start, total_steps, self.every))
+        if self.future == "extrapolate":
+            steps = {max(s, self.extrapolate_k) for s in steps if max(s, self.extrapolate_k) < total_steps}
         return sorted(steps)
 
 
@@ -541,7 +573,10 @@ def method_grpo(method: str, cfgs: MethodConfigs, grpo: GRPOConfig) -> GRPOConfi
     return dataclasses.replace(grpo, **PAPER_RECIPES[method])  # type: ignore[arg-type]
 
 
-AUTONPO_IGNORES = {"delta", "interventions", "every", "when", "window", "guidance_window"}
+AUTONPO_IGNORES = {
+    "delta", "interventions", "every", "when", "window", "guidance_window", "future", "extrapolate_k",
+    "extrapolate_alpha",
+}  # fmt: skip
 """NPO fields AutoNPO does not read (it picks Delta, the intervention steps and the guided window itself)."""
 
 

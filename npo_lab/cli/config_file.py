@@ -42,6 +42,10 @@ def _typed(value: Any, tp: Any, name: str) -> Any:
             raise ValueError(f"config key {name!r} must be one of {list(typing.get_args(tp))}, got {value!r}")
         return value
     if origin is tuple:
+        if typing.get_args(tp)[0] is str:  # tuple[str, ...]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"config key {name!r} must be a list of strings, got {value!r}")
+            return tuple(value)
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):

@@ -23,6 +23,9 @@ class QVSCommand(ExperimentConfig):
     """Source distances: Delta > 0 the near future pi_{t+Delta}; Delta < 0 a past checkpoint (replay)."""
     teacher: bool = True
     """Also measure the backend's external teacher (luffy's source)."""
+    extrapolate_k: int = 10
+    """Also measure the extrapolated future theta_t + (Delta / k)(theta_t - theta_{t-k}) for every Delta > 0, with
+    k = this (at measured steps t >= k); 0 leaves it out."""
     probe: int = 256
     """Probe prompts (drawn with the seed); the failed set is those pi_t solves in fewer than npo.gate of k tries."""
     k: int = 8
@@ -48,6 +51,8 @@ class QVSCommand(ExperimentConfig):
             raise ValueError(
                 f"deltas must be non-zero distances (negative: past, positive: future), got {self.deltas}"
             )
+        if self.extrapolate_k < 0:
+            raise ValueError(f"extrapolate_k must be >= 0 (0: off), got {self.extrapolate_k}")
         for name in ("probe", "k", "seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -72,8 +77,10 @@ def run_qvs(cfg: QVSCommand, command: str) -> dict[str, Any]:
         k=cfg.k,
         gate=cfg.npo.gate,
         teacher=cfg.teacher,
-        estimator=cfg.autonpo.v_estimator,
+        estimator=cfg.autonpo.v,
         floor=cfg.autonpo.v_floor,
+        kl_beta=cfg.autonpo.kl_beta,
+        extrapolate_k=cfg.extrapolate_k,
         workers=cfg.workers,
         command=command,
     )

@@ -281,6 +281,7 @@ class AutoNPOLookahead(_AutoNPOBase):
             estimator=self.auto.v,
             floor=self.auto.v_floor,
             max_grad_rows=self.auto.max_grad_rows,
+            kl_beta=self.auto.kl_beta,
         )
         deltas = sorted(scores)
         best, s = choose_delta(deltas, [scores[d]["q"] for d in deltas], [scores[d]["v"] for d in deltas])

@@ -12,6 +12,10 @@ At an intervention step t (scheduled by ``npo.interventions`` / ``npo.every``, o
    (:meth:`NPO.use_lookahead`);
 3. in each guided step, every group whose on-policy accuracy passes the gate (p-hat <= ``npo.gate``) gets its last
    slot replaced by the cached row of its prompt (:meth:`NPO.guides`).
+
+With ``npo.future = extrapolate`` (beyond the paper) step 1 costs nothing: the guide is theta_t + alpha (theta_t -
+theta_{t-k}) (:mod:`npo_lab.train.extrapolate`), the weights copied k steps before the intervention; the window
+[t, t + Delta) is then trained for the first time, not replayed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from npo_lab.config import AutoNPOConfig, GRPOConfig, MethodConfigs, NPOConfig
 from npo_lab.methods.base import failing_groups, verified_rows
 from npo_lab.methods.controller import AutoNPOController
 from npo_lab.methods.grpo import GRPO
+from npo_lab.train.extrapolate import extrapolated_checkpoint, parameter_copy
 from npo_lab.train.method import GuidePlan, LookaheadRequest, StepOutcome
 from npo_lab.train.rollback import LookaheadResult
 from npo_lab.train.state import TrainState
@@ -90,6 +95,10 @@ class NPO(GRPO):
         self.start, self.until = -1, -1
         """Guidance is on for steps in [start, until)."""
         self.cache = GuideCache()
+        self.past: dict[int, list[Any]] = {}
+        """future=extrapolate: theta_{s-k} for each scheduled intervention s still to come."""
+        self.pending: dict[str, float] = {}
+        """future=extrapolate: the intervention's metrics, logged with its first step."""
         self.detector: AutoNPOController | None = None
         later = len(cfg.interventions) - int(0 in cfg.interventions)
         if cfg.when == "plateau" and later > 0:  # the stagnation test alone, at most len(interventions) in all
@@ -113,6 +122,9 @@ class NPO(GRPO):
     # ---- when: look ahead at a scheduled step, or at a plateau --------------------------------------------
     def wants_lookahead(self, state: TrainState) -> LookaheadRequest | None:
         t = state.step
+        if self.cfg.future == "extrapolate":  # no look-ahead: the guide is extrapolated from the run's own past
+            self._extrapolate(state)
+            return None
         due = t in self.schedule
         if self.detector is not None and not due and self.detector.trigger(t) is not None:
             due = True
@@ -123,15 +135,31 @@ class NPO(GRPO):
         t = state.step
         if self.detector is not None:
             self.detector.record(t, counted=t > 0)  # the early bootstrap is not one of the plateau interventions
-        self.checkpoint, self.start, self.until = result.checkpoint, t, self._window_end(t)
         end_reward = result.metrics[-1].get("reward/on_policy_mean", float("nan"))
-        m = {"npo/intervention": 1.0, "npo/delta": float(self.cfg.delta), "npo/lookahead_reward_end": end_reward}
-        ev: dict[str, Any] = {"delta": self.cfg.delta, "lookahead_reward_end": end_reward, "window": [t, self.until]}
+        return self._begin_guidance(state, result.checkpoint, {"lookahead_reward_end": end_reward})
+
+    def _extrapolate(self, state: TrainState) -> None:
+        """future=extrapolate: copy theta_{s-k} k steps before each intervention s; at s, guide from the
+        extrapolated checkpoint (its metrics go out with the step's guide plan)."""
+        t, k = state.step, self.cfg.extrapolate_k
+        if t + k in self.schedule:
+            self.past[t + k] = parameter_copy(state.backend)
+        if t in self.schedule and t in self.past:
+            checkpoint, norm = extrapolated_checkpoint(state.backend, self.past.pop(t), self.cfg.alpha)
+            info = {"extrapolate_alpha": self.cfg.alpha, "extrapolate_k": float(k), "extrapolate_norm": norm}
+            self.pending = self._begin_guidance(state, checkpoint, info)
+
+    def _begin_guidance(self, state: TrainState, checkpoint: Checkpoint, info: dict[str, float]) -> dict[str, float]:
+        """Guide the window [t, end) from ``checkpoint``; with the cache, fill it for the window's prompts."""
+        t = state.step
+        self.checkpoint, self.start, self.until = checkpoint, t, self._window_end(t)
+        m = {"npo/intervention": 1.0, "npo/delta": float(self.cfg.delta), **{f"npo/{k}": v for k, v in info.items()}}
+        ev: dict[str, Any] = {"delta": self.cfg.delta, **info, "window": [t, self.until]}
         if self.cfg.guide_source == "cache":
-            # the replay draws exactly these prompts: the rollback restored the data cursor
+            # the window draws exactly these prompts (after a look-ahead, the rollback restored the data cursor)
             segment = state.sampler.peek(self.until - t, self.prompts_per_step)
             prompts = sorted({p for step in segment for p in step})
-            sampled = self.cache.fill(state, result.checkpoint, prompts, self.cfg.guide_samples, self.thr)
+            sampled = self.cache.fill(state, checkpoint, prompts, self.cfg.guide_samples, self.thr)
             m.update({"npo/cache_size": float(len(self.cache)), "npo/cache_rollouts": float(sampled)})
             ev.update(cache_prompts=len(prompts), cache_size=len(self.cache), cache_rollouts=sampled)
         self.event(step=t, kind="intervention", **ev)
@@ -166,9 +194,12 @@ class NPO(GRPO):
                 "guide/cache_coverage": self.cache.coverage(gated),
                 "guide/cache_hits": float(len(hits)),
             }
+            metrics.update(self.pending)
+            self.pending = {}
             return GuidePlan(rows, gated, "replace", self.cfg.guide_slots, self.cfg.slot, loss, metrics)
         rows = state.backend.rollout(gated, self.cfg.guide_samples, policy=policy) if gated else batch.select([])
-        return GuidePlan(rows, gated, "replace", self.cfg.guide_slots, self.cfg.slot, loss)
+        metrics, self.pending = self.pending, {}
+        return GuidePlan(rows, gated, "replace", self.cfg.guide_slots, self.cfg.slot, loss, metrics)
 
     def after_step(self, state: TrainState, outcome: StepOutcome) -> None:
         if self.detector is not None:
@@ -179,6 +210,8 @@ class NPO(GRPO):
         # the guide checkpoint pi_{t+Delta} (a backend checkpoint: weights + RNG, or a folder), its window, its cache
         d = {**super().state_dict(), "checkpoint": self.checkpoint, "start": self.start, "until": self.until}
         d["cache"] = self.cache.state_dict()
+        d["past"] = [[s, params] for s, params in sorted(self.past.items())]
+        d["pending"] = dict(self.pending)
         if self.detector is not None:
             d["detector"] = self.detector.state_dict()
         return d
@@ -192,5 +225,7 @@ class NPO(GRPO):
         super().load_state_dict(d)
         self.checkpoint, self.start, self.until = d["checkpoint"], int(d["start"]), int(d["until"])
         self.cache.load_state_dict(d["cache"])
+        self.past = {int(s): list(params) for s, params in d.get("past", [])}
+        self.pending = {str(k): float(v) for k, v in d.get("pending", {}).items()}
         if self.detector is not None:
             self.detector.load_state_dict(d["detector"])

@@ -13,7 +13,9 @@ Environment card (``npo_lab/Arith-v0``)
   something, and so does the variance cost V of learning from another policy's trajectories.
 * **Reward**: 1.0 if the final answer equals the true result, else 0.0. Malformed output scores 0.0; the
   verifier never evaluates model output and bounds the length it reads.
-* **Difficulty knobs**: ``digits``, ``operation``, ``modulus``.
+* **Difficulty knobs**: ``digits``, ``operation``, ``modulus``; ``min_digits`` turns the task into a family of operand
+  lengths that share one skill (the carry), so what a policy learns on the problems it solves transfers to the ones
+  it fails (docs/benefit_map.md).
 * **Splits**: ``n_train`` and ``n_eval`` distinct (a, b) pairs, disjoint, drawn with ``seed``.
 """
 
@@ -50,6 +52,11 @@ class ArithmeticConfig:
     """Held-out evaluation problems, disjoint from the training split."""
     seed: int = 1234
     """Seed of the problem split (fixed across training seeds so every run sees the same data)."""
+    min_digits: int = 0
+    """Transfer between prompts: if > 0, each problem first draws an operand length L uniformly from min_digits ..
+    digits and then both operands below 10**L (zero-padded to ``digits`` in the prompt), so the split mixes short and
+    long problems that need the same carry skill; 0 draws every operand below 10**digits (the task as it always was).
+    Stands for an RLVR dataset whose prompts share skills across difficulty levels. [assumption: off by default]"""
 
     def __post_init__(self) -> None:
         if self.name != "arith":
@@ -58,6 +65,10 @@ class ArithmeticConfig:
             raise ValueError(f"task.operation must be one of {sorted(OPS)}, got {self.operation!r}")
         if not 1 <= self.digits <= 6:
             raise ValueError(f"task.digits must be in [1, 6], got {self.digits}")
+        if not (self.min_digits == 0 or 1 <= self.min_digits <= self.digits):
+            raise ValueError(
+                f"task.min_digits must be 0 (off) or in [1, task.digits={self.digits}], got {self.min_digits}"
+            )
         if self.modulus < 2:
             raise ValueError(f"task.modulus must be >= 2, got {self.modulus}")
         if self.n_train < 1 or self.n_eval < 1:
@@ -112,6 +123,8 @@ def make_splits(cfg: ArithmeticConfig) -> tuple[list[Problem], list[Problem]]:
     seen: set[tuple[int, int]] = set()
     pairs: list[tuple[int, int]] = []
     while len(pairs) < cfg.n_train + cfg.n_eval:
+        if cfg.min_digits:  # a length first (a length whose pairs are used up just draws again)
+            hi = 10 ** rng.randint(cfg.min_digits, cfg.digits)
         p = (rng.randrange(hi), rng.randrange(hi))
         if p not in seen:
             seen.add(p)

@@ -51,6 +51,7 @@ def measure_sources(
     estimator: str = "is_variance",
     floor: float = 1.0,
     max_grad_rows: int = 32,
+    kl_beta: float = 1.0,
 ) -> dict[Any, dict[str, float]]:
     """Q-hat, V-hat and S-hat of every source on ``prompts`` (prompts the current policy fails on).
 
@@ -59,7 +60,8 @@ def measure_sources(
     weights and pi_src the sampling log-probs the backend recorded (``behavior_logprobs``).
 
     Returns ``{source key: {"q", "v", "s", "correct_rows", "v_<name>", "s_<name>"}}``: ``v``/``s`` use
-    ``estimator``; ``v_<name>``/``s_<name>`` every estimator that needs no backward pass, for comparison.
+    ``estimator``; ``v_<name>``/``s_<name>`` every estimator that needs no backward pass, for comparison (``kl_exp``
+    with ``kl_beta``).
     """
     out: dict[Any, dict[str, float]] = {}
     nan = float("nan")
@@ -76,7 +78,9 @@ def measure_sources(
             with torch.no_grad():
                 logp_t, _ = backend.logprobs(correct)  # (B, T) under pi_t
             for e in CHEAP_V_ESTIMATORS:
-                vs[e] = v_hat(logp_t, correct.behavior_logprobs, correct.mask, estimator=e, floor=floor)
+                vs[e] = v_hat(
+                    logp_t, correct.behavior_logprobs, correct.mask, estimator=e, floor=floor, kl_beta=kl_beta
+                )
             if estimator == "grad_norm":
                 norms = _grad_norms(backend, correct, max_grad_rows)
                 vs["grad_norm"] = v_hat(estimator="grad_norm", floor=floor, grad_norms=norms)
