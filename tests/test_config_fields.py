@@ -14,7 +14,7 @@ import pytest
 from npo_lab.envs.config import GymConfig, TinyLMConfig
 from npo_lab.llm.config import DataConfig, LLMConfig, RewardConfig
 
-from npo_lab.cli import CompareCommand, ExperimentConfig, QVSCommand, TrainCommand
+from npo_lab.cli import BenefitMapCommand, CompareCommand, ExperimentConfig, QVSCommand, TrainCommand
 from npo_lab.config import AutoNPOConfig, ExGRPOConfig, GRPOConfig, LuffyConfig, NPOConfig, RLEPConfig, RunConfig
 from npo_lab.tasks.arithmetic import ArithmeticConfig
 
@@ -60,6 +60,9 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "when": ["always"],
         "window": ["forever"],
         "guidance_window": [-1],
+        "future": ["past"],
+        "extrapolate_k": [0],
+        "extrapolate_alpha": [-1.0, NAN],
     },
     (AutoNPOConfig, "autonpo"): {
         "mode": ["future"],
@@ -123,6 +126,7 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "modulus": [1],
         "n_train": [0, 10**6],  # 10**6: more problems than 3-digit operands allow
         "n_eval": [0],
+        "min_digits": [-1, 4],  # 4: more than digits=3
     },
     (TinyLMConfig, "model"): {
         "d_model": [4, 66],  # 66: not divisible by n_head=4
@@ -213,6 +217,24 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
         "k": [0],
         "seeds": [0],
         "workers": [-1],
+        "extrapolate_k": [-1],
+    },
+    (BenefitMapCommand, ""): {
+        "row_knob": ["steps", "task.no_such_field", "nosection.x"],
+        "row_values": [("0", "7"), ("x",)],  # 7: task.min_digits above digits; x: not an integer
+        "col_knob": ["grpo"],
+        "col_values": [("0.0",), ()],  # grpo.lr = 0; a knob with no value
+        "methods": ["npo,npo:delta=1", "grpo,rlep,npo:delta=1", "grpo,grpo,npo:delta=1"],
+        "control": ["npo:delta=2"],
+        "qvs_at": [(), (100,)],
+        "qvs_deltas": [(), (0,)],
+        "qvs_probe": [0],
+        "qvs_k": [0],
+        "extrapolate_k": [-1],
+        "target_fraction": [0.0],
+        "seeds": [0],
+        "workers": [-1],
+        "bootstrap": [10],
     },
 }
 
@@ -247,6 +269,8 @@ COMMAND_FREE = {
     "seed": "any integer",
     "teacher": "a switch",
     "resume": "a run or checkpoint folder, checked before any work (test_resume)",
+    "preset": "a label: --preset NAME is checked against the presets before any work (test_benefit_map)",
+    "measure": "a switch",
 }
 NESTED = {f.name for f in dataclasses.fields(CompareCommand) if dataclasses.is_dataclass(f.type) or f.name in
           ("task", "model", "gym", "llm", "grpo", "npo", "autonpo", "luffy", "exgrpo", "rlep")}  # fmt: skip

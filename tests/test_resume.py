@@ -167,8 +167,10 @@ def resume_in_process(tmp_path: Path, args: list[str], cut: int) -> tuple[Path, 
         ["--method", "luffy"],
         ["--method", "exgrpo", "--exgrpo.start-solve-rate", "0.0"],  # the replay pool is in use from the start
         ["--method", "rlep", "--rlep.source-steps", "4"],  # the pool of a previous run, restored (not re-decoded)
+        # the weights copied at step 4 for the extrapolated intervention at step 6 are in the checkpoint of step 5
+        ["--method", "npo:future=extrapolate:extrapolate_k=2:delta=3:interventions=0+6"],
     ],
-    ids=["grpo-kl-cosine", "luffy", "exgrpo", "rlep"],
+    ids=["grpo-kl-cosine", "luffy", "exgrpo", "rlep", "npo-extrapolate"],
 )
 def test_every_method_resumes_exactly(method, tmp_path):
     straight, resumed = resume_in_process(tmp_path / "out", [*TINY, *method, "--steps", "10"], cut=5)

@@ -87,3 +87,33 @@ def test_bad_task_config_names_the_field():
         ArithmeticConfig(name="gsm8k")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"task.n_train \+ task.n_eval must be at most 50"):
         ArithmeticConfig(digits=1, n_train=60, n_eval=10)
+
+
+def test_mixed_operand_lengths_share_one_prompt_format_and_leave_the_old_split_alone():
+    """task.min_digits: a family of operand lengths (transfer between prompts); 0 keeps the split it always was."""
+    old = make_splits(ArithmeticConfig(digits=3, n_train=300, n_eval=50))
+    assert make_splits(ArithmeticConfig(digits=3, n_train=300, n_eval=50, min_digits=0)) == old
+    cfg = ArithmeticConfig(digits=3, n_train=300, n_eval=50, min_digits=1)
+    tr, ev = make_splits(cfg)
+    assert not {(p.a, p.b) for p in tr} & {(p.a, p.b) for p in ev} and make_splits(cfg) == (tr, ev)
+    assert all(p.prompt == f"{p.a:03d}+{p.b:03d}=" and p.answer == p.a + p.b for p in tr + ev)
+    longest = [len(str(max(p.a, p.b))) for p in tr]
+    # lengths 1, 2, 3 drawn evenly (length 1 has only 100 pairs, so fewer of them survive the de-duplication)
+    assert {1, 2, 3} <= set(longest) and longest.count(3) < 0.6 * len(tr)
+    assert sum(n <= 2 for n in longest) > sum(n <= 2 for n in [len(str(max(p.a, p.b))) for p in old[0]]) * 3
+
+
+@pytest.mark.parametrize(
+    "completion",
+    ["08$", "7$", "9$", "18$", "0:08$", "8:$", "$", "88$", "8", "80"],  # 0 + 8 = 8, written least-significant first
+)
+def test_near_misses_of_short_problems_in_the_mixed_family_are_never_correct(completion):
+    """A one-digit problem padded to three digits (000+008=): only an answer that reads 8 is correct."""
+    cfg = ArithmeticConfig(digits=3, n_train=10, n_eval=10, min_digits=1)
+    assert score("8$", 8) == 1.0 and score("800$", 8) == 1.0 and score("000:8$", 8) == 1.0  # bare, padded, scratch
+    assert score(completion, 8, cfg.reverse_answer) == 0.0
+
+
+def test_min_digits_is_checked_against_digits():
+    with pytest.raises(ValueError, match="task.min_digits"):
+        ArithmeticConfig(digits=2, min_digits=3)

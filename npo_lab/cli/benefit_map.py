@@ -112,7 +112,7 @@ class BenefitMapCommand(ExperimentConfig):
             raise ValueError(f"methods must list each method once, got {self.methods!r}")
         for spec in names:
             if spec.split(":")[0] == "rlep":
-                raise ValueError("methods: rlep is not offered by benefit-map (it needs a previous run of its own)")
+                raise ValueError("methods must not include rlep in benefit-map (it needs a previous run of its own)")
             self.check_method(spec)
         for name in ("seeds", "qvs_probe", "qvs_k"):
             if getattr(self, name) < 1:
@@ -143,17 +143,17 @@ class BenefitMapCommand(ExperimentConfig):
 
         rows = [(self.row_knob, v) for v in self.row_values] if self.row_knob else [("", "")]
         cols = [(self.col_knob, v) for v in self.col_values] if self.col_knob else [("", "")]
-        for knob, values in ((self.row_knob, self.row_values), (self.col_knob, self.col_values)):
+        for side, knob, values in (("row", self.row_knob, self.row_values), ("col", self.col_knob, self.col_values)):
             if knob and not values:
-                raise ValueError(f"the knob {knob!r} needs at least one value")
+                raise ValueError(f"{side}_values must list at least one value of {side}_knob={knob!r}")
         out = []
         for i, (rk, rv) in enumerate(rows):
             for j, (ck, cv) in enumerate(cols):
                 cfg: ExperimentConfig = ExperimentConfig(**{f.name: getattr(self, f.name) for f in _base_fields()})
                 overrides: dict[str, Any] = {}
-                for knob, raw in ((rk, rv), (ck, cv)):
+                for side, knob, raw in (("row", rk, rv), ("col", ck, cv)):
                     if knob:
-                        cfg, value = apply_knob(cfg, knob, raw)
+                        cfg, value = apply_knob(cfg, knob, raw, side)
                         overrides[knob] = value
                 name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "base"
                 out.append((Regime(name.replace("/", "_").replace(" ", ""), overrides, i, j), cfg))
@@ -164,16 +164,20 @@ def _base_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(ExperimentConfig) if f.init]
 
 
-def apply_knob(cfg: ExperimentConfig, knob: str, raw: str) -> tuple[ExperimentConfig, Any]:
+def apply_knob(cfg: ExperimentConfig, knob: str, raw: str, side: str = "row") -> tuple[ExperimentConfig, Any]:
     """``cfg`` with the field ``knob`` (``section.field``) set to ``raw`` read with the field's type; the section's
-    own checks run on the new value."""
+    own checks run on the new value. ``side`` (row, col) names the flag in errors."""
     section, _, name = knob.partition(".")
     if section not in SECTIONS or not name:
-        raise ValueError(f"knob {knob!r} must be section.field with a section of {', '.join(SECTIONS)}")
+        raise ValueError(f"{side}_knob must be section.field with a section of {', '.join(SECTIONS)}, got {knob!r}")
     sub = getattr(cfg, section)
     hints = typing.get_type_hints(type(sub))
     if name not in hints or name not in {f.name for f in dataclasses.fields(sub)}:
-        raise ValueError(f"knob {knob!r}: {section} has no field {name!r}")
+        import difflib
+
+        near = difflib.get_close_matches(name, sorted(hints), n=1)
+        hint = f" (did you mean {section}.{near[0]}?)" if near else ""
+        raise ValueError(f"{side}_knob must name a field of {section}, got {knob!r}{hint}")
     tp = hints[name]
     try:
         if tp is bool:
@@ -189,11 +193,11 @@ def apply_knob(cfg: ExperimentConfig, knob: str, raw: str) -> tuple[ExperimentCo
         else:
             raise ValueError(raw)
     except ValueError as e:
-        raise ValueError(f"knob {knob!r} cannot be {raw!r}") from e
+        raise ValueError(f"{side}_values must be values of {knob} ({getattr(tp, '__name__', tp)}), got {raw!r}") from e
     try:
         new_sub = dataclasses.replace(sub, **{name: value})
     except ValueError as e:
-        raise ValueError(f"knob {knob}={raw}: {e}") from e
+        raise ValueError(f"{side}_values must be values {knob} accepts: {e}") from e
     return dataclasses.replace(cfg, **{section: new_sub}), value
 
 

@@ -513,7 +513,8 @@ def _heatmap(ax: Any, values: np.ndarray, text: list[list[str]], rows: list[str]
     im = ax.imshow(values, cmap=cmap, vmin=center - span, vmax=center + span, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7.5)
+            dark = np.isfinite(values[i, j]) and abs(values[i, j] - center) > 0.6 * span
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7.5, color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), cols, fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -538,6 +539,15 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow + 0.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    # one colour scale for every difference panel, so equal colours mean equal differences
+    diffs = [
+        abs(r[key]["median"])
+        for e in doc["regimes"].values()
+        for r in e["methods"].values()
+        for key in ("minus_control", "minus_grpo")
+        if key in r and r[key]["median"] == r[key]["median"]
+    ]
+    span = max([0.02, *diffs])
     for idx, (m, key) in enumerate(panels):
         ax = axes.flat[idx]
         ax.axis("on")
@@ -555,13 +565,16 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
                 star = "*" if c["excludes_zero"] else ""
                 text[i][j] = f"{c['median']:+.3f}{star}\n[{c['ci95'][0]:+.3f},\n{c['ci95'][1]:+.3f}]"
         title = {"minus_control": f"{m}\n- {ctrl}", "minus_grpo": f"{m}\n- grpo", "speedup": f"{m}\nspeed-up vs grpo"}
-        im = _heatmap(ax, vals, text, rows, cols, title[key], None if key != "speedup" else 1.0,
+        im = _heatmap(ax, vals, text, rows, cols, title[key], 1.0 if key == "speedup" else span,
                       "PuOr" if key == "speedup" else "RdBu")  # fmt: skip
         ax.set_xlabel(grid["col_knob"], fontsize=8)
         ax.set_ylabel(grid["row_knob"], fontsize=8)
-        fig.colorbar(im, ax=ax, shrink=0.7).ax.tick_params(labelsize=7)
-    fig.suptitle("Paired final-accuracy differences, median [95% CI] over seeds (* CI excludes 0); speed-up with "
-                 "extra steps counted (colour: log2)", fontsize=10)  # fmt: skip
+        bar = fig.colorbar(im, ax=ax, shrink=0.7)
+        bar.ax.tick_params(labelsize=7)
+        if key == "speedup":
+            bar.set_ticks([-1, 0, 1], labels=["0.5x", "1x", "2x"])
+    fig.suptitle("Paired final-accuracy differences, median [95% CI] over seeds (* CI excludes 0);\nspeed-up vs grpo "
+                 "with the extra steps counted", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -591,7 +604,11 @@ def plot_qvs_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
                 ax.plot(x, y, style, color=colors[n % len(colors)], ms=4, lw=1.2,
                         label=f"step {step}" if kind == "future" else None)  # fmt: skip
         ax.set_xscale("log")
-        ax.set_title(f"{grid['row_knob']}={rows[i]}, {grid['col_knob']}={cols[j]}", fontsize=8)
+        ticks = sorted({e["delta"] for t in q.values() for e in t.values() if e["kind"] == "future"})
+        ax.set_xticks(ticks, [str(d) for d in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip((grid["row_knob"], grid["col_knob"]), (rows[i], cols[j]))
+                               if k != "-"), fontsize=8)  # fmt: skip
         ax.grid(alpha=0.3)
         if i == len(rows) - 1:
             ax.set_xlabel("Delta (o near future, x extrapolated)", fontsize=8)
@@ -599,7 +616,7 @@ def plot_qvs_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
             ax.set_ylabel("S = Q / V (kl_exp)", fontsize=8)
         if (i, j) == (0, 0):
             ax.legend(fontsize=7)
-    fig.suptitle("S(Delta) measured along the GRPO runs (medians over seeds)", fontsize=10)
+    fig.suptitle("S(Delta), kl_exp: medians over seeds\nalong the GRPO runs", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
