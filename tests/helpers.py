@@ -78,3 +78,29 @@ def tiny_llm_config(reward: str = "npo_test_rewards:even_length", **over: Any) -
     )
     base.update(over)
     return LLMConfig(**base)
+
+
+def fake_run(
+    method: str,
+    seed: int,
+    evals: Sequence[tuple[int, float]],
+    interventions: Sequence[int] = (),
+    delta: int = 0,
+    final: float | None = None,
+) -> dict[str, Any]:
+    """One run's result as ``npo-lab compare`` hands it to :func:`npo_lab.experiments.report.aggregate`:
+    ``evals`` as (step, accuracy) pairs, ``delta`` look-ahead steps at each intervention, ``final`` the final
+    accuracy (default: the last evaluation's)."""
+    return {
+        "method": method,
+        "seed": seed,
+        "evals": evals,
+        "interventions": list(interventions),
+        "intervention_costs": [delta] * len(interventions),
+        "lookahead_steps": delta * len(interventions),
+        "lookahead_s": 0.1 * len(interventions),
+        "wall_s": 1.0,
+        "final_accuracy": evals[-1][1] if final is None else final,
+        "train_reward": [0.0] * 8 + [0.5, 0.5],
+        "zero_std_groups": [1.0] * 10,
+    }

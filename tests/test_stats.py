@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import fake_run
 
 from npo_lab.experiments.report import aggregate, lookahead_before, regime_summary
 from npo_lab.experiments.stats import (
@@ -18,22 +19,6 @@ from npo_lab.experiments.stats import (
 )
 
 INF = math.inf
-
-
-def fake_run(method, seed, evals, interventions=(), delta=0, final=None):
-    return {
-        "method": method,
-        "seed": seed,
-        "evals": evals,
-        "interventions": list(interventions),
-        "intervention_costs": [delta] * len(interventions),
-        "lookahead_steps": delta * len(interventions),
-        "lookahead_s": 0.1 * len(interventions),
-        "wall_s": 1.0,
-        "final_accuracy": evals[-1][1] if final is None else final,
-        "train_reward": [0.0] * 8 + [0.5, 0.5],
-        "zero_std_groups": [1.0] * 10,
-    }
 
 
 def test_steps_to_target_and_lookahead_cost():

@@ -4,8 +4,9 @@ paired per-seed differences (results.json), report.md and curves.png."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from npo_lab.experiments.stats import (
     steps_to_target,
     stratified_bootstrap_ci,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -139,10 +143,15 @@ def aggregate(
     return out
 
 
+def paired_final_differences(base_runs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(seed, final accuracy − the baseline's final accuracy of the same seed) for every seed both ran."""
+    base_final = {r["seed"]: r["final_accuracy"] for r in base_runs}
+    return [(r["seed"], r["final_accuracy"] - base_final[r["seed"]]) for r in runs if r["seed"] in base_final]
+
+
 def paired_vs_baseline(base_runs: list[dict[str, Any]], runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
     """Per-seed final-accuracy differences to the baseline: median [CI] and seeds better / equal / worse."""
-    base_final = {r["seed"]: r["final_accuracy"] for r in base_runs}
-    diffs = [r["final_accuracy"] - base_final[r["seed"]] for r in runs if r["seed"] in base_final]
+    diffs = [d for _, d in paired_final_differences(base_runs, runs)]
     return {
         "paired_final_delta": _summary(diffs, n_boot),
         "wins": [sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), sum(d < 0 for d in diffs)],
@@ -260,43 +269,201 @@ def write_report(doc: dict[str, Any], path: Path, command: str, seeds: list[int]
     path.write_text("\n".join(lines))
 
 
-def plot_curves(doc: dict[str, Any], path: Path, n_boot: int = 1000) -> None:
-    """curves.png: eval accuracy vs training step (left) and vs steps including look-ahead (right)."""
+def _wrap_name(name: str, width: int) -> str:
+    """A method spec on several lines, broken after its ``:`` separators, so a long variant name fits a panel."""
+    lines = [""]
+    for part in re.split(r"(?<=:)", name):  # the parts keep their trailing ':'
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] += part
+    return "\n".join(lines)
+
+
+def _paired_text(r: dict[str, Any], n_pairs: int) -> str:
+    """``+0.023 [+0.010, +0.111]``: the median paired final-accuracy difference and its 95% CI (none for 1 seed)."""
+    d = r["paired_final_delta"]
+    if d["median"] is None:
+        return "n/a (a NaN final accuracy)"
+    if n_pairs == 1:
+        return f"{d['median']:+.3f} (1 seed, no CI)"
+    lo, hi = (f"{x:+.3f}" if x is not None else "?" for x in d["ci95"])
+    return f"{d['median']:+.3f} [{lo}, {hi}]"
+
+
+def _draw_curves(ax: Any, r: dict[str, Any], color: str, n_boot: int, *, median_only: bool = False) -> None:
+    """One method on ``ax``: median eval accuracy over seeds vs training step, its 95% bootstrap band and the seeds
+    (unless ``median_only``), the median again against training + extra (look-ahead) steps, dashed, if the method
+    took any, and its interventions (▲; a dotted line where every seed intervened)."""
+    seeds = r["per_seed"]
+    steps = np.array([s for s, _ in seeds[0]["evals"]], dtype=float)
+    curves = np.array([[a for _, a in p["evals"]] for p in seeds], dtype=float)  # (n_seeds, n_evals)
+    med, lo, hi = median_band(curves, n_boot)
+    lw = 1.6 if median_only else 2.2
+    if not median_only:
+        for row in curves:  # every seed, faintly: a stalled seed stays visible instead of widening the band
+            ax.plot(steps, row, color=color, alpha=0.3, lw=0.7)
+        if len(seeds) > 1:
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+    ax.plot(steps, med, color=color, lw=lw)
+    # compute axis: the extra steps spent before each evaluation, median over seeds (AutoNPO's differ per seed)
+    extra = np.median([[lookahead_before(p, x) for x in steps] for p in seeds], axis=0)  # (n_evals,)
+    if extra.any():
+        ax.plot(steps + extra, med, color=color, lw=lw * 0.7, ls="--")
+    if median_only:
+        return
+    counts: dict[float, int] = {}
+    for p in seeds:
+        for s in set(p["interventions"]):
+            counts[s] = counts.get(s, 0) + 1
+    for s, k in counts.items():
+        ax.plot([s], [0], marker="^", color=color, ms=7, alpha=0.3 + 0.7 * k / len(seeds), clip_on=False)
+        if k == len(seeds):
+            ax.axvline(s, color=color, ls=":", lw=1)
+
+
+def curves_figure(doc: dict[str, Any], n_boot: int = 1000) -> Figure:
+    """The figure of curves.png, as a :class:`matplotlib.figure.Figure` (not drawn through pyplot).
+
+    Panels, in this order in ``fig.axes``:
+
+    - one small multiple per method other than the baseline (the first method), three to a row: that method's
+      median eval accuracy over seeds vs training step (thick, its colour) with the 95% bootstrap band of the
+      median and every seed as a thin line; the baseline's median (grey) on the same axes; the method's median
+      again against training steps + extra (look-ahead) steps (dashed; the median over seeds of the extra steps
+      spent before each evaluation), so its compute cost shows as a shift to the right; ▲ at the interventions
+      of any seed (darker where more seeds intervened; a dotted line where all did); the target accuracy
+      (dash-dot). The title gives the method and its median paired final-accuracy difference to the baseline
+      (same seed) with its 95% CI, and how many seeds it beat. Shared axes, accuracy in [0, 1]. A previous
+      run a method needs (RLEP's replay pool) is not on the step axis; the panel says so.
+    - the paired-difference panel: for each method, its final accuracy minus the baseline's on the same seed,
+      one dot per seed, the median (■) with its 95% CI, and a zero line.
+
+    With only the baseline there is a single panel: its curve, band and seeds. With one seed there is no band
+    and no CI. A NaN final accuracy gives no dot (and n/a for the median, as in results.json).
+
+    Args:
+        doc: The results.json document made by :func:`aggregate`.
+        n_boot: Bootstrap resamples for the bands (and for paired CIs missing from an older ``doc``).
+
+    Returns:
+        The figure: ``1`` axes with one method, ``n_methods`` axes otherwise (``n_methods - 1`` small multiples
+        and the paired-difference panel).
+    """
     import matplotlib
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the baseline is grey in every panel, so no method gets a grey of the colour cycle
+    colors = [c for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"] if np.ptp(to_rgb(c)) > 0.1]
+    methods = list(doc["methods"])
+    base_name = doc.get("baseline", methods[0])
+    base = doc["methods"][base_name]
+    others = [m for m in methods if m != base_name]
+    color = {m: colors[i % len(colors)] for i, m in enumerate(methods)}
+    target = doc["target_accuracy"]
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (m, r) in enumerate(doc["methods"].items()):
-        c = colors[i % len(colors)]
-        steps = np.array([s for s, _ in r["per_seed"][0]["evals"]], dtype=float)
-        curves = np.array([[a for _, a in p["evals"]] for p in r["per_seed"]])  # (n_seeds, n_evals)
-        med, lo, hi = median_band(curves, n_boot)
-        label = f"{m} (n={curves.shape[0]})"
-        for row in curves:  # every seed, faintly: plateaus of single seeds stay visible
-            axes[0].plot(steps, row, color=c, alpha=0.25, lw=0.8)
-        axes[0].plot(steps, med, color=c, label=label, lw=2)
-        axes[0].fill_between(steps, lo, hi, color=c, alpha=0.2)
-        p0 = r["per_seed"][0]
-        # compute axis of the first seed (AutoNPO's interventions differ between seeds)
-        compute = steps + np.array([lookahead_before(p0, x) for x in steps])
-        axes[1].plot(compute, med, color=c, label=label)
-        axes[1].fill_between(compute, lo, hi, color=c, alpha=0.2)
-        for s in p0["interventions"]:
-            axes[0].axvline(s, color=c, ls=":", lw=1)
-            axes[0].plot([s], [0], marker="^", color=c, ms=8, clip_on=False)
-    for ax in axes:
-        ax.axhline(doc["target_accuracy"], color="gray", ls="--", lw=1)
+    if not others:
+        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+        _draw_curves(ax, base, color[base_name], n_boot)
+        ax.axhline(target, color="0.5", ls="-.", lw=1)
+        ax.set(ylim=(0, 1), xlabel="training step (▲: interventions)", ylabel="eval accuracy")
+        ax.set_title(f"{base_name} (n={len(base['per_seed'])}): median, 95% band, seeds; dash-dot: target")
+        ax.grid(alpha=0.3)
+        return fig
+
+    ncols = min(3, len(others))
+    nrows = math.ceil(len(others) / ncols)
+    fig = Figure(figsize=(max(7.0, 4.6 * ncols), 3.5 * nrows + 3.6), layout="constrained")
+    grid = fig.add_gridspec(nrows + 1, ncols)  # the last row: the paired differences, all columns wide
+    panels: list[Any] = []
+    res: dict[str, dict[str, Any]] = {}  # each method's entry of doc, with its paired statistics
+    paired: dict[str, list[tuple[int, float]]] = {}  # (seed, final − baseline's final) per method
+    for i, m in enumerate(others):
+        r = res[m] = doc["methods"][m]
+        if "paired_final_delta" not in r:  # a results.json from before the paired statistics
+            r = res[m] = {**r, **paired_vs_baseline(base["per_seed"], r["per_seed"], n_boot)}
+        paired[m] = paired_final_differences(base["per_seed"], r["per_seed"])
+        share = panels[0] if panels else None
+        ax = fig.add_subplot(grid[i // ncols, i % ncols], sharex=share, sharey=share)
+        panels.append(ax)
+        _draw_curves(ax, base, "0.45", n_boot, median_only=True)
+        _draw_curves(ax, r, color[m], n_boot)
+        ax.axhline(target, color="0.5", ls="-.", lw=1)
+        n = len(paired[m])
+        ax.set_title(
+            f"{_wrap_name(m, 44)} (n={len(r['per_seed'])})\n"
+            f"final − {base_name}: {_paired_text(r, n)}, {r['wins'][0]} of {n} better",
+            fontsize=10,
+        )
+        prior = r["per_seed"][0].get("prior_steps", 0)
+        if prior:
+            ax.text(
+                0.98,
+                0.03,
+                f"not drawn: a previous {prior}-step run",
+                transform=ax.transAxes,
+                ha="right",
+                fontsize=8,
+                color="0.3",
+            )
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].set_xlabel("training step (▲ and dotted lines: NPO interventions)")
-    axes[1].set_xlabel("training steps + look-ahead steps (compute)")
-    axes[0].set_ylabel("eval accuracy (median, 95% CI band)")
-    axes[0].legend(loc="lower right")
-    axes[0].set_title("accuracy vs step; dashed: target")
-    axes[1].set_title("accuracy vs compute")
-    fig.tight_layout()
+        if i % ncols == 0:
+            ax.set_ylabel("eval accuracy")
+        if i + ncols >= len(others):  # nothing below it
+            ax.set_xlabel("training step")
+
+    # paired differences, one column of dots per method
+    ax = fig.add_subplot(grid[nrows, :])
+    ax.axhline(0, color="black", lw=1)
+    labels = []
+    for j, m in enumerate(others):
+        d = np.array([v for _, v in paired[m]], dtype=float)  # (n_pairs,) in seed order
+        x = j - 0.08 + (np.linspace(-0.2, 0.2, d.size) if d.size > 1 else np.zeros(d.size))
+        ax.plot(x, d, ls="none", marker="o", ms=6, color=color[m], alpha=0.75, gid=f"paired:{m}")
+        s = res[m]["paired_final_delta"]
+        if s["median"] is not None:
+            lo, hi = (s["median"] if b is None else b for b in s["ci95"])
+            ax.errorbar(
+                [j + 0.25],
+                [s["median"]],
+                yerr=[[s["median"] - lo], [hi - s["median"]]],
+                fmt="s",
+                color="black",
+                ms=6,
+                capsize=4,
+                lw=1.5,
+            )
+        wins = res[m]["wins"]
+        labels.append(f"{_wrap_name(m, max(16, 60 // len(others)))}\n{wins[0]}/{wins[1]}/{wins[2]} better/equal/worse")
+    ax.set_xticks(range(len(others)), labels, fontsize=9)
+    ax.set_xlim(-0.6, len(others) - 0.4)
+    ax.set_ylabel(f"final accuracy − {base_name}\n(same seed)")
+    ax.set_title(
+        f"Paired by seed: each method's final accuracy minus {base_name}'s"
+        + ("\n" if ncols == 1 else " ")
+        + "(dots: seeds; ■: median, 95% CI)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, axis="y")
+
+    handles = [
+        Line2D([], [], color="black", lw=2.2, label="method: median over seeds, 95% band, thin: seeds"),
+        Line2D([], [], color="0.45", lw=1.6, label=f"{base_name} (baseline): median"),
+        Line2D([], [], color="black", lw=1.5, ls="--", label="median vs training + extra (look-ahead) steps"),
+        Line2D([], [], color="0.5", lw=1, ls="-.", label=f"target accuracy {target:.3f}"),
+        Line2D([], [], color="black", ls="none", marker="^", label="interventions (dotted: every seed)"),
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncols=3 if ncols > 1 else 2, fontsize=9, frameon=False)
+    return fig
+
+
+def plot_curves(doc: dict[str, Any], path: Path, n_boot: int = 1000) -> Figure:
+    """Write :func:`curves_figure` (small multiples vs the baseline and the paired differences) to ``path``; returns
+    the figure."""
+    fig = curves_figure(doc, n_boot)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
