@@ -16,22 +16,27 @@ from npo_lab.envs.charlm import TinyCharLM
 from npo_lab.envs.config import TinyLMConfig
 from npo_lab.envs.torch_policy import InMemoryPolicy
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from npo_lab.backend import Checkpoint, clone_state
 from npo_lab.batch import RolloutBatch
 from npo_lab.tasks.arithmetic import (
     END,
+    MAX_COMPLETION_CHARS,
+    SEP,
     ArithmeticConfig,
     Problem,
     format_completion,
     make_problem,
     make_splits,
-    score,
 )
 
 VOCAB = "0123456789+*%=:$."  # '.' pads after the end token '$'
 STOI = {c: i for i, c in enumerate(VOCAB)}
-PAD, END_ID = STOI["."], STOI[END]
+PAD, END_ID, SEP_ID = STOI["."], STOI[END], STOI[SEP]
+_PAD_INDEX = torch.tensor([PAD])  # built once: _no_pad runs at every sampled token
+_MAX_ANSWER_CHARS = 32  # the longest final answer extract_answer reads
+_INT64_DIGITS = 19  # decimal digits of the largest int64: every answer a LongTensor can hold
 
 
 def encode(s: str) -> list[int]:
@@ -46,13 +51,52 @@ def decode(ids: Sequence[int]) -> str:
     return text if end < 0 else text[: end + 1]
 
 
+def score_ids(comps: Tensor, answers: Tensor, reverse_answer: bool = True) -> Tensor:
+    """``score(decode(row), answer, reverse_answer)`` for every row of ``comps`` at once, as float32 (B,).
+
+    ``comps`` (B, T) holds token ids of :data:`VOCAB`, ``answers`` (B,) the non-negative true results. The same
+    rules as :func:`npo_lab.tasks.arithmetic.extract_answer`, on ids: the completion ends at its first end
+    token, which must come within the first ``MAX_COMPLETION_CHARS + 1`` characters; the final answer is what
+    follows the last separator before it (or the whole text), 1 to 32 characters, digits only (a pad character
+    inside it makes it wrong). Its value is compared digit by digit against the answer (leading zeros of the
+    value allowed), so no answer of up to 32 digits overflows."""
+    b, t = comps.shape
+    if b == 0 or t == 0:  # no row, or only empty completions (no end token)
+        return torch.zeros(b)
+    pos = torch.arange(t)
+    is_end = comps == END_ID
+    has_end = is_end.any(-1)
+    end = torch.where(has_end, is_end.int().argmax(-1), torch.full((b,), t))  # first end token (T if none)
+    in_body = pos < end.unsqueeze(-1)
+    last_sep = torch.where((comps == SEP_ID) & in_body, pos, torch.full_like(pos, -1)).amax(-1)
+    start = last_sep + 1  # the final answer is comps[start:end]
+    length = end - start
+    in_ans = in_body & (pos >= start.unsqueeze(-1))
+    digits_only = ((comps < 10) | ~in_ans).all(-1)  # ids 0-9 are the digits '0'-'9'
+    # place value of each answer character: 0 for the least significant digit
+    place = pos - start.unsqueeze(-1) if reverse_answer else end.unsqueeze(-1) - 1 - pos
+    width = max(t, _INT64_DIGITS)
+    powers = 10 ** torch.arange(_INT64_DIGITS, dtype=torch.long)
+    expected = torch.zeros(b, width, dtype=torch.long)  # the answer's digits, least significant first
+    expected[:, :_INT64_DIGITS] = answers.long().unsqueeze(-1) // powers % 10
+    n_digits = (expected[:, :_INT64_DIGITS] != 0).int().cumsum(-1).argmax(-1) + 1  # 1 for the answer 0
+    want = expected.gather(-1, place.clamp(0, width - 1))
+    digits_match = ((comps == want) | ~in_ans).all(-1)
+    ok = has_end & (end <= MAX_COMPLETION_CHARS) & (length >= 1) & (length <= _MAX_ANSWER_CHARS)
+    return (ok & digits_only & (length >= n_digits) & digits_match).float()
+
+
 def _no_pad(logits: Tensor) -> Tensor:
     """The pad token is not an action: mask it out of the policy's distribution (sampling and log-probs)."""
-    return logits.index_fill(-1, torch.tensor([PAD]), float("-inf"))
+    return logits.index_fill(-1, _PAD_INDEX, float("-inf"))
 
 
 class ArithmeticBackend(InMemoryPolicy):
     """Tiny char-LM policy on the arithmetic task, with a deterministic supervised warm start."""
+
+    entropy_grad: bool = True
+    """False (set by the trainer when no loss term uses the entropy): :meth:`logprobs` computes the entropies
+    without an autograd graph (the same values)."""
 
     def __init__(self, task: ArithmeticConfig, model: TinyLMConfig, seed: int = 0, warm_start: bool = True) -> None:
         self.task, self.cfg, self.seed = task, model, seed
@@ -66,6 +110,8 @@ class ArithmeticBackend(InMemoryPolicy):
             )
         self._train_prompts = torch.tensor([encode(p.prompt) for p in self.train_set])  # (N, P)
         self._eval_prompts = torch.tensor([encode(p.prompt) for p in self.eval_set])  # (N_eval, P)
+        self._train_answers = torch.tensor([p.answer for p in self.train_set])  # (N,), for score_ids
+        self._eval_answers = torch.tensor([p.answer for p in self.eval_set])  # (N_eval,)
         self.gen = torch.Generator().manual_seed(seed + 7919)
         self.warm_start_loss = float("nan")
         if warm_start and model.warm_steps > 0:
@@ -80,12 +126,7 @@ class ArithmeticBackend(InMemoryPolicy):
         pids = torch.tensor(list(prompt_ids), dtype=torch.long).repeat_interleave(n)  # (B,)
         net = self._policy_model(policy)
         comps, mask, logp = self._sample(net, self._train_prompts[pids], greedy=False)
-        rewards = torch.tensor(
-            [
-                score(decode(c.tolist()), self.train_set[p].answer, self.task.reverse_answer)
-                for c, p in zip(comps, pids.tolist())
-            ]
-        )
+        rewards = score_ids(comps, self._train_answers[pids], self.task.reverse_answer)  # score() of each row
         lengths = mask.sum(-1).long().tolist()
         # copies, not views: a replay pool that keeps one row must not keep the whole batch alive
         extras = [{"pid": p, "completion": c[:n_tok].clone()} for p, c, n_tok in zip(pids.tolist(), comps, lengths)]
@@ -98,24 +139,28 @@ class ArithmeticBackend(InMemoryPolicy):
         t = batch.mask.shape[1]
         prompts = self._train_prompts[torch.tensor([e["pid"] for e in batch.extras], dtype=torch.long)]  # (B, P)
         comps = torch.full((batch.size, t), PAD, dtype=torch.long)  # (B, T)
-        for i, e in enumerate(batch.extras):
-            comps[i, : len(e["completion"])] = e["completion"]
+        if batch.size:
+            rows = pad_sequence([e["completion"] for e in batch.extras], batch_first=True, padding_value=PAD)
+            comps[:, : rows.shape[1]] = rows
         inputs = torch.cat([prompts, comps[:, :-1]], 1)  # (B, P + T - 1)
         logits, _ = net(inputs)
-        logits = _no_pad(logits[:, self.prompt_len - 1 :] / self.cfg.temperature)  # (B, T, V): predicts comps
-        logp_all = F.log_softmax(logits, -1)
+        logits = logits[:, self.prompt_len - 1 :]  # (B, T, V): predicts comps
+        if self.cfg.temperature != 1.0:  # x / 1.0 is x: skipping it changes no value and no gradient
+            logits = logits / self.cfg.temperature
+        logp_all = F.log_softmax(_no_pad(logits), -1)
         # pad positions (mask 0) would gather -inf: gather a real token there and zero it with the mask
         safe = torch.where(batch.mask.bool(), comps, torch.zeros_like(comps))
         logp = logp_all.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * batch.mask  # (B, T)
-        p_all = logp_all.exp()
-        entropy = -(p_all * logp_all.masked_fill(p_all == 0, 0.0)).sum(-1)  # (B, T); 0 * -inf -> 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_grad):  # no graph if unused
+            p_all = logp_all.exp()
+            entropy = -(p_all * logp_all.masked_fill(p_all == 0, 0.0)).sum(-1)  # (B, T); 0 * -inf -> 0
         return logp, entropy
 
     # ---- evaluation and helpers ------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy on the held-out split."""
         comps, _, _ = self._sample(self.model, self._eval_prompts, greedy=True)
-        correct = [score(decode(c.tolist()), p.answer, self.task.reverse_answer) for c, p in zip(comps, self.eval_set)]
+        correct = score_ids(comps, self._eval_answers, self.task.reverse_answer).tolist()  # score() of each row
         return {"eval/accuracy": sum(correct) / len(correct)}
 
     def decode_batch(self, batch: RolloutBatch) -> list[str]:
@@ -131,18 +176,20 @@ class ArithmeticBackend(InMemoryPolicy):
         last = logits[:, -1]  # (B, V)
         done = torch.zeros(b, dtype=torch.bool)
         toks, lps, masks = [], [], []
+        temperature = self.cfg.temperature
         for i in range(self.max_new):
-            logp_all = F.log_softmax(_no_pad(last / self.cfg.temperature), -1)
+            if temperature != 1.0:  # x / 1.0 is x
+                last = last / temperature
+            logp_all = F.log_softmax(_no_pad(last), -1)
             if greedy:
                 tok = logp_all.argmax(-1)
             else:
                 tok = torch.multinomial(logp_all.exp(), 1, generator=self.gen).squeeze(-1)
-            live = ~done
             lp = logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-            tok = torch.where(live, tok, torch.full_like(tok, PAD))  # finished rows emit padding
+            tok = tok.masked_fill(done, PAD)  # finished rows emit padding
             toks.append(tok)
-            lps.append(torch.where(live, lp, torch.zeros_like(lp)))
-            masks.append(live.float())
+            lps.append(lp.masked_fill(done, 0.0))
+            masks.append((~done).float())
             done = done | (tok == END_ID)
             if bool(done.all()) or i == self.max_new - 1:
                 break
