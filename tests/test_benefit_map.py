@@ -141,7 +141,7 @@ def test_paired_differences_and_the_speedup_counting_the_extra_steps_by_hand():
 
 def test_delta_star_and_whether_it_is_interior():
     recs = []
-    for seed in (0, 1):
+    for _seed in (0, 1):
         for d, s in ((1, 0.1), (5, 0.3), (20, 0.2)):  # S peaks at Delta = 5, inside the measured range
             recs.append({"step": 0, "source": f"+{d}", "kind": "future", "delta": d, "q": 0.5, "s_kl_exp": s})
         recs.append({"step": 50, "source": "+1", "kind": "future", "delta": 1, "q": 0.5, "s_kl_exp": 0.5})
@@ -173,7 +173,7 @@ def test_knobs_and_presets_are_checked_before_any_work(capsys):
     cfg = BenefitMapCommand()
     names = [r.name for r, _ in cfg.regimes()]
     assert len(names) == 9 and names[0] == "min_digits=0,lr=0.0001"
-    (_, c), = [(r, c) for r, c in cfg.regimes() if r.name == "min_digits=1,lr=0.001"]
+    ((_, c),) = [(r, c) for r, c in cfg.regimes() if r.name == "min_digits=1,lr=0.001"]
     assert c.task.min_digits == 1 and c.grpo.lr == 0.001 and c.task.digits == 3
     assert main(["benefit-map", "--preset", "quik", "--dry-run"]) == 2
     assert "did you mean 'quick'" in capsys.readouterr().err
