@@ -27,8 +27,8 @@ HANG_GUARD_S = 1800
 2-core machine (docs/benchmarks.md), so 30 minutes per cell is far beyond any host's speed."""
 
 
-def test_the_six_tutorials_exist():
-    assert [p.name[:3] for p in TUTORIALS][:6] == ["01_", "02_", "03_", "04_", "05_", "06_"], TUTORIALS
+def test_the_seven_tutorials_exist():
+    assert [p.name[:3] for p in TUTORIALS][:7] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"], TUTORIALS
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(NOTEBOOKS)))

@@ -19,20 +19,21 @@ from npo_lab.cli.config_file import to_dict
 from npo_lab.config import NPOConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the map of docs/benefit_map.md: transfer between prompts (rows) x learning per step (columns), grpo, npo at
-    # Delta = 1 (the control) and 20, npo with the extrapolated future, autonpo; 5 seeds of 100 steps
+    # the default grid: transfer between prompts (rows) x learning per step (columns); grpo, npo at Delta = 1 (the
+    # control) and at Delta = 20; 5 seeds of 100 steps; Q, V, S along the GRPO runs (docs/benefit_map.md)
     "default": {},
+    # the map of docs/benefit_map.md: the default grid with npo's extrapolated future and autonpo as well
+    "full": {"methods": "grpo,npo:delta=1,npo:delta=20,npo:future=extrapolate,autonpo"},
     # a 2 x 2 map of 3 methods and 2 seeds that finishes in a few minutes (notebook 7, a first look)
     "quick": {
         "row_values": ["0", "1"],
         "col_values": ["0.0003", "0.001"],
-        "methods": "grpo,npo:delta=1,npo:delta=20",
         "seeds": 2,
-        "steps": 60,
-        "qvs_at": [0, 30],
+        "steps": 40,
+        "qvs_at": [0, 20],
         "qvs_deltas": [1, 5, 20],
         "qvs_probe": 64,
-        "npo": {"interventions": [0, 30]},
+        "npo": {"interventions": [0, 20]},
         "task": {"n_eval": 128},
     },
 }
@@ -56,7 +57,7 @@ class BenefitMapCommand(ExperimentConfig):
     """The grid's second knob (columns); '' for a single column. Default: learning per step."""
     col_values: tuple[str, ...] = ("0.0001", "0.0003", "0.001")
     """Values of col_knob."""
-    methods: str = "grpo,npo:delta=1,npo:delta=20,npo:future=extrapolate,autonpo"
+    methods: str = "grpo,npo:delta=1,npo:delta=20"
     """Comma-separated method specs (as in compare); must include grpo (the baseline, and the run Q, V, S are measured
     along) and the control. rlep is not offered (it needs a previous run of its own)."""
     control: str = "npo:delta=1"
@@ -272,7 +273,13 @@ def check_same_map(path: Path, doc: dict[str, Any]) -> None:
     except (ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} could not be read ({e}); remove it or choose another --out") from e
     new = flatten(doc)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+    # a field the old map's npo_lab did not have yet ran at its default there: only a changed value differs
+    defaults = flatten(to_dict(BenefitMapCommand()))
+    diff = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k, defaults.get(k)) != new.get(k) and k not in RESUME_MAY_CHANGE
+    )
     if diff:
         raise ValueError(
             f"{path.parent} holds a map made with another configuration (differs in: {', '.join(diff[:8])}); continue "

@@ -150,6 +150,8 @@ def run_map_job(job: MapJob, progress: Any = None) -> list[str]:
         backend.load(start)
         seed_everything(job.seed)
         state = make_state(backend, grpo, job.seed)
+        if name == "luffy" and not hasattr(backend, "teacher"):
+            raise ValueError(f"luffy needs an external teacher, and {type(backend).__name__} has no teacher()")
         teacher = backend.teacher() if name == "luffy" else None
         method: GRPO
         if name == "grpo" and job.probe is not None:
@@ -523,7 +525,8 @@ def _heatmap(ax: Any, values: np.ndarray, text: list[list[str]], rows: list[str]
 
 def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
     """map.png: one heatmap per (comparison, method): NPO - control, method - GRPO (paired medians, CI in the
-    cell, bold frame where it excludes 0), and the speed-up with the extra steps counted (log2 colour scale)."""
+    cell, * where it excludes 0; one colour scale for all), the speed-up with the extra steps counted (log2 colour
+    scale), and Delta* of S (kl_exp) at each measured step (interior or at an edge of the measured Deltas)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -534,6 +537,9 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
     others = [m for m in doc["methods"] if m != "grpo"]
     panels = [(m, "minus_control") for m in others if m != ctrl] + [(m, "minus_grpo") for m in others]
     panels += [(m, "speedup") for m in others]
+    measured = [e.get("qvs", {}).get("delta_star", {}).get("kl_exp", {}) for e in doc["regimes"].values()]
+    steps = sorted({s for d in measured for s in d}, key=int)
+    panels += [(s, "delta_star") for s in steps]
     ncol = max(len(others), 1)
     nrow = (len(panels) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow + 0.8), squeeze=False)
@@ -553,6 +559,26 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
         ax.axis("on")
         vals = np.full((len(rows), len(cols)), np.nan)
         text = [["" for _ in cols] for _ in rows]
+        if key == "delta_star":  # Delta* of S (kl_exp) at one measured step: where the near future is best
+            deltas = sorted({d for e in doc["regimes"].values()
+                             for v in e.get("qvs", {}).get("delta_star", {}).get("kl_exp", {}).values()
+                             for d in v["deltas"]})  # fmt: skip
+            for (i, j), name in where.items():
+                v = doc["regimes"][name].get("qvs", {}).get("delta_star", {}).get("kl_exp", {}).get(m)
+                if v is not None:
+                    vals[i, j] = deltas.index(v["delta_star"])
+                    text[i][j] = f"{v['delta_star']}" + ("\ninterior" if v["interior"] else "\nedge")
+            im = ax.imshow(vals, cmap="viridis", vmin=0, vmax=max(len(deltas) - 1, 1), aspect="auto")
+            for i in range(len(rows)):
+                for j in range(len(cols)):
+                    ink = "black" if vals[i, j] > 0.6 * max(len(deltas) - 1, 1) else "white"  # viridis: yellow on top
+                    ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color=ink)
+            ax.set_xticks(range(len(cols)), cols, fontsize=8)
+            ax.set_yticks(range(len(rows)), rows, fontsize=8)
+            ax.set_title(f"Delta* of S (kl_exp) at step {m}\n(of {', '.join(map(str, deltas))})", fontsize=9)
+            ax.set_xlabel(grid["col_knob"], fontsize=8)
+            ax.set_ylabel(grid["row_knob"], fontsize=8)
+            continue
         for (i, j), name in where.items():
             r = doc["regimes"][name]["methods"].get(m, {})
             if key == "speedup":
