@@ -221,9 +221,9 @@ BAD: dict[tuple[type, str], dict[str, list]] = {
     },
     (BenefitMapCommand, ""): {
         "row_knob": ["steps", "task.no_such_field", "nosection.x"],
-        "row_values": [("0", "7"), ("x",)],  # 7: task.min_digits above digits; x: not an integer
-        "col_knob": ["grpo"],
-        "col_values": [("0.0",), ()],  # grpo.lr = 0; a knob with no value
+        "row_values": [("0", "7"), ("x",), ("1", "1")],  # 7: above digits; x: not an integer; 1 twice
+        "col_knob": ["grpo", "task.min_digits"],  # the row knob again
+        "col_values": [("0.0",), (), ("0.0001", "0.0001")],  # grpo.lr = 0; a knob with no value; a value twice
         "methods": ["npo,npo:delta=1", "grpo,rlep,npo:delta=1", "grpo,grpo,npo:delta=1"],
         "control": ["npo:delta=2"],
         "qvs_at": [(), (100,)],
