@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from npo_lab.backend import ScriptedBackend
@@ -59,3 +60,20 @@ def test_measure_sources_on_the_present_policy():
     none = out["never"]
     assert none["q"] == 0.0 and none["s"] == 0.0 and math.isnan(none["v"])  # solves nothing: no signal
     assert math.isnan(measure_sources(be, [], {"x": be.save()})["x"]["q"])
+
+
+def test_the_papers_v_hat_is_recorded_with_its_beta():
+    """v_kl_exp = exp(beta * mean per-token k3 KL) of the source's correct rows under pi_t, with the given beta."""
+    seed_everything(2)
+    be = ScriptedBackend(n_prompts=6, seq_len=2, vocab=3, seed=2)
+    src = be.table.detach().clone()
+    src.scatter_(2, be.answers.unsqueeze(-1), 2.0)  # a sharper source: pi_t / pi_src < 1 on its correct tokens
+    ck = {"weights": {"table": src}, "rng": be.gen.get_state()}
+    out1 = measure_sources(be, list(range(6)), {"s": ck}, k=8, kl_beta=1.0)["s"]
+    seed_everything(2)
+    be2 = ScriptedBackend(n_prompts=6, seq_len=2, vocab=3, seed=2)
+    out3 = measure_sources(be2, list(range(6)), {"s": ck}, k=8, kl_beta=3.0)["s"]
+    # the same rows are drawn (same generator state in the checkpoint): beta only rescales the exponent
+    assert out1["v_kl_exp"] > 1.0
+    assert out3["v_kl_exp"] == pytest.approx(out1["v_kl_exp"] ** 3.0)
+    assert out3["s_kl_exp"] == pytest.approx(out3["q"] / out3["v_kl_exp"])

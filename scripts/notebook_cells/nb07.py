@@ -135,7 +135,7 @@ CELLS = [
           learning rates and overshoots beyond, and as NPO's guide it learned as well as the control, no better.
 
         So the paper's regime, where prompts at zero pass rate become solvable within Δ steps, is not one this task
-        family reaches. **Try it yourself:** `--row-knob model.warm_steps --row-values 100 300` (the start accuracy),
+        family reached on this grid. **Try it yourself:** `--row-knob model.warm_steps --row-values 100 300` (the start accuracy),
         `--col-knob model.warm_styles --col-values bare bare,padded,scratch` (how many valid styles, which drives V),
         or a task of your own where transfer is stronger.
         """,
