@@ -36,6 +36,7 @@ import torch
 
 from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig, method_grpo, parse_method
 from npo_lab.core.signal import CHEAP_V_ESTIMATORS
+from npo_lab.experiments.qvs import measure_step
 from npo_lab.experiments.report import lookahead_before
 from npo_lab.experiments.stats import bootstrap_ci, steps_to_target
 from npo_lab.methods import GRPO, make_method
@@ -62,15 +63,24 @@ class Regime:
 class ProbeSpec:
     """What the GRPO run of every regime measures: Q, V and S of pi_{t+Delta} and of the extrapolated future."""
 
-    at: tuple[int, ...] = (0, 50, 100)
+    at: tuple[int, ...] = (0, 50)
+    """Steps at whose start the sources are measured (``benefit-map --qvs-at``)."""
     deltas: tuple[int, ...] = (1, 5, 10, 20, 40)
+    """Near-future distances (one look-ahead of the largest, rolled back)."""
     probe: int = 128
+    """Probe prompts, drawn with the seed."""
     k: int = 8
+    """Samples per probe prompt, for pi_t's failed set and for every source."""
     gate: float = 0.6
+    """A probe prompt counts as failed when pi_t's k-sample accuracy is below this (npo.gate)."""
     extrapolate_k: int = 10
+    """The extrapolated sources use theta_t - theta_{t-k} with this k; 0 measures none."""
     estimator: str = "kl_exp"
+    """The V-hat of the records' ``v`` and ``s`` (every cheap estimator is recorded as ``v_<name>`` too)."""
     floor: float = 1.0
+    """The on-policy floor of the importance-weight estimators (autonpo.v_floor)."""
     kl_beta: float = 1.0
+    """beta of the paper's V-hat exp(beta KL) (autonpo.kl_beta)."""
 
 
 class ProbedGRPO(GRPO):
@@ -86,8 +96,6 @@ class ProbedGRPO(GRPO):
         self.before: dict[int, list[Any]] = {}
 
     def metrics(self, state: TrainState) -> dict[str, float]:
-        from npo_lab.experiments.qvs import measure_step  # experiments -> experiments, no cycle at import time
-
         t, spec = state.step, self.spec
         if t in spec.at:
             self.records += measure_step(
