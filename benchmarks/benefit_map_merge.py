@@ -35,13 +35,7 @@ def main() -> None:
         target_fraction=cfg.target_fraction, n_boot=cfg.bootstrap,
     )  # fmt: skip
     command = "python benchmarks/benefit_map_merge.py " + " ".join(args.folders) + f" --out {args.out}"
-    grid = {
-        "row_knob": cfg.row_knob or "-",
-        "row_values": list(cfg.row_values) if cfg.row_knob else ["-"],
-        "col_knob": cfg.col_knob or "-",
-        "col_values": list(cfg.col_values) if cfg.col_knob else ["-"],
-        "command": command,
-    }
+    grid = cfg.grid(command)
     doc.update(command=command, seeds=seeds, grid=grid, folders=list(args.folders))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

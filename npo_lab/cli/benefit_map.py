@@ -148,6 +148,16 @@ class BenefitMapCommand(ExperimentConfig):
     def run_methods(self) -> list[str]:
         return self.method_list
 
+    def grid(self, command: str) -> dict[str, Any]:
+        """The grid's axes as the report draws them ('-' for an axis without a knob) and the reproducing command."""
+        return {
+            "row_knob": self.row_knob or "-",
+            "row_values": list(self.row_values) if self.row_knob else ["-"],
+            "col_knob": self.col_knob or "-",
+            "col_values": list(self.col_values) if self.col_knob else ["-"],
+            "command": command,
+        }
+
     def regimes(self) -> list[tuple[Any, ExperimentConfig]]:
         """Every regime of the grid and the configuration it runs (the knobs applied and validated)."""
         from npo_lab.experiments.benefit_map import Regime
@@ -265,13 +275,7 @@ def run_benefit_map(cfg: BenefitMapCommand, command: str) -> dict[str, Any]:
         n_boot=cfg.bootstrap,
     )
     doc.update(command=command, seeds=seeds, wall_s_this_call=wall)
-    grid = {
-        "row_knob": cfg.row_knob or "-",
-        "row_values": list(cfg.row_values) if cfg.row_knob else ["-"],
-        "col_knob": cfg.col_knob or "-",
-        "col_values": list(cfg.col_values) if cfg.col_knob else ["-"],
-        "command": command,
-    }
+    grid = cfg.grid(command)
     doc["grid"] = grid
     print(write_map_report(doc, out, grid))
     return doc

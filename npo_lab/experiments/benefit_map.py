@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
-import queue
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +33,9 @@ import torch
 
 from npo_lab.config import GRPOConfig, MethodConfigs, RunConfig, method_grpo, parse_method
 from npo_lab.core.signal import CHEAP_V_ESTIMATORS
+from npo_lab.experiments.compare import run_jobs
 from npo_lab.experiments.qvs import measure_step
-from npo_lab.experiments.report import lookahead_before
+from npo_lab.experiments.report import lookahead_before, paired_final_differences
 from npo_lab.experiments.stats import bootstrap_ci, steps_to_target
 from npo_lab.methods import GRPO, make_method
 from npo_lab.metrics import MemoryLogger
@@ -211,44 +209,9 @@ def run_map(
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=total - sum(len(j.methods) for j in todo), desc="benefit-map", unit="run",
                disable=not show_progress, dynamic_ncols=True)  # fmt: skip
-    if workers == 1 or len(todo) <= 1:
-        sink = _Bar(bar)
-        for job in todo:
-            run_map_job(job, sink)
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager:
-            q = manager.Queue()
-            pool = ProcessPoolExecutor(workers, mp_context=ctx)
-            try:
-                pending = [pool.submit(run_map_job, job, q) for job in todo]
-                while not all(f.done() for f in pending):
-                    if any(f.done() and f.exception() is not None for f in pending):
-                        break
-                    try:
-                        bar.update(q.get(timeout=0.2))
-                    except queue.Empty:
-                        pass
-                for f in pending:
-                    f.result()  # a worker's error is raised here
-                pool.shutdown(wait=True)
-            except BaseException:
-                from npo_lab.experiments.compare import _terminate
-
-                _terminate(pool)
-                raise
-            while not q.empty():
-                bar.update(q.get())
+    run_jobs(run_map_job, todo, 1 if len(todo) <= 1 else workers, bar)
     bar.close()
     return time.perf_counter() - t0
-
-
-class _Bar:
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def put(self, n: int) -> None:
-        self.bar.update(n)
 
 
 def load_cells(out: str | Path) -> list[dict[str, Any]]:
@@ -271,7 +234,8 @@ def _ci(values: list[float], n_boot: int) -> dict[str, Any]:
 
 def paired(cells: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], n_boot: int) -> dict[str, Any]:
     """Per-seed final-accuracy differences ``cells`` - ``base`` (seeds both have), median [95% CI]."""
-    return _ci([cells[s]["final_accuracy"] - base[s]["final_accuracy"] for s in sorted(cells) if s in base], n_boot)
+    runs = [cells[s] for s in sorted(cells)]
+    return _ci([d for _, d in paired_final_differences(list(base.values()), runs)], n_boot)
 
 
 def speedup(cells: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], target: float) -> dict[str, Any]:
@@ -516,17 +480,18 @@ def _grid_axes(doc: dict[str, Any], grid: dict[str, Any]) -> tuple[list[str], li
     return rows, cols, where
 
 
-def _heatmap(ax: Any, values: np.ndarray, text: list[list[str]], rows: list[str], cols: list[str], title: str,
-             vmax: float | None, cmap: str = "RdBu", center: float = 0.0) -> Any:  # fmt: skip
-    finite = values[np.isfinite(values)]
-    span = vmax if vmax is not None else (float(np.max(np.abs(finite - center))) if finite.size else 1.0) or 1.0
-    im = ax.imshow(values, cmap=cmap, vmin=center - span, vmax=center + span, aspect="auto")
+def _heatmap(ax: Any, values: np.ndarray, text: list[list[str]], grid: dict[str, Any], title: str, vmin: float,
+             vmax: float, cmap: str, dark: Callable[[float], bool]) -> Any:  # fmt: skip
+    """One regime-grid heatmap: ``values`` coloured on [vmin, vmax], ``text`` in each cell (white where ``dark``)."""
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            dark = np.isfinite(values[i, j]) and abs(values[i, j] - center) > 0.6 * span
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7.5, color="white" if dark else "black")
-    ax.set_xticks(range(len(cols)), cols, fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+            ink = "white" if np.isfinite(values[i, j]) and dark(values[i, j]) else "black"
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7.5, color=ink)
+    ax.set_xticks(range(len(grid["col_values"])), grid["col_values"], fontsize=8)
+    ax.set_yticks(range(len(grid["row_values"])), grid["row_values"], fontsize=8)
+    ax.set_xlabel(grid["col_knob"], fontsize=8)
+    ax.set_ylabel(grid["row_knob"], fontsize=8)
     ax.set_title(title, fontsize=9)
     return im
 
@@ -547,6 +512,7 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
     panels += [(m, "speedup") for m in others]
     measured = [e.get("qvs", {}).get("delta_star", {}).get("kl_exp", {}) for e in doc["regimes"].values()]
     steps = sorted({s for d in measured for s in d}, key=int)
+    deltas = sorted({d for by_step in measured for v in by_step.values() for d in v["deltas"]})
     panels += [(s, "delta_star") for s in steps]
     ncol = max(len(others), 1)
     nrow = (len(panels) + ncol - 1) // ncol
@@ -567,29 +533,14 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
         ax.axis("on")
         vals = np.full((len(rows), len(cols)), np.nan)
         text = [["" for _ in cols] for _ in rows]
-        if key == "delta_star":  # Delta* of S (kl_exp) at one measured step: where the near future is best
-            deltas = sorted({d for e in doc["regimes"].values()
-                             for v in e.get("qvs", {}).get("delta_star", {}).get("kl_exp", {}).values()
-                             for d in v["deltas"]})  # fmt: skip
-            for (i, j), name in where.items():
+        for (i, j), name in where.items():
+            r = doc["regimes"][name]["methods"].get(m, {})
+            if key == "delta_star":  # Delta* of S (kl_exp) at step m: where the near future is best
                 v = doc["regimes"][name].get("qvs", {}).get("delta_star", {}).get("kl_exp", {}).get(m)
                 if v is not None:
                     vals[i, j] = deltas.index(v["delta_star"])
                     text[i][j] = f"{v['delta_star']}" + ("\ninterior" if v["interior"] else "\nedge")
-            im = ax.imshow(vals, cmap="viridis", vmin=0, vmax=max(len(deltas) - 1, 1), aspect="auto")
-            for i in range(len(rows)):
-                for j in range(len(cols)):
-                    ink = "black" if vals[i, j] > 0.6 * max(len(deltas) - 1, 1) else "white"  # viridis: yellow on top
-                    ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color=ink)
-            ax.set_xticks(range(len(cols)), cols, fontsize=8)
-            ax.set_yticks(range(len(rows)), rows, fontsize=8)
-            ax.set_title(f"Delta* of S (kl_exp) at step {m}\n(of {', '.join(map(str, deltas))})", fontsize=9)
-            ax.set_xlabel(grid["col_knob"], fontsize=8)
-            ax.set_ylabel(grid["row_knob"], fontsize=8)
-            continue
-        for (i, j), name in where.items():
-            r = doc["regimes"][name]["methods"].get(m, {})
-            if key == "speedup":
+            elif key == "speedup":
                 sp = r.get("speedup", {}).get("speedup_with_extra", math.nan)
                 vals[i, j] = math.log2(sp) if sp == sp and sp > 0 else math.nan
                 text[i][j] = "n/a" if sp != sp else f"{sp:.2f}x"
@@ -598,11 +549,15 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
                 vals[i, j] = c["median"]
                 star = "*" if c["excludes_zero"] else ""
                 text[i][j] = f"{c['median']:+.3f}{star}\n[{c['ci95'][0]:+.3f},\n{c['ci95'][1]:+.3f}]"
+        if key == "delta_star":
+            top = max(len(deltas) - 1, 1)  # viridis: dark at the bottom, yellow at the top
+            title = f"Delta* of S (kl_exp) at step {m}\n(of {', '.join(map(str, deltas))})"
+            _heatmap(ax, vals, text, grid, title, 0, top, "viridis", lambda x, top=top: x <= 0.6 * top)
+            continue
         title = {"minus_control": f"{m}\n- {ctrl}", "minus_grpo": f"{m}\n- grpo", "speedup": f"{m}\nspeed-up vs grpo"}
-        im = _heatmap(ax, vals, text, rows, cols, title[key], 1.0 if key == "speedup" else span,
-                      "PuOr" if key == "speedup" else "RdBu")  # fmt: skip
-        ax.set_xlabel(grid["col_knob"], fontsize=8)
-        ax.set_ylabel(grid["row_knob"], fontsize=8)
+        lim = 1.0 if key == "speedup" else span  # speed-up: log2, so 0.5x .. 2x
+        im = _heatmap(ax, vals, text, grid, title[key], -lim, lim, "PuOr" if key == "speedup" else "RdBu",
+                      lambda x, lim=lim: abs(x) > 0.6 * lim)  # fmt: skip
         bar = fig.colorbar(im, ax=ax, shrink=0.7)
         bar.ax.tick_params(labelsize=7)
         if key == "speedup":
@@ -616,7 +571,7 @@ def plot_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
 
 def plot_qvs_map(doc: dict[str, Any], grid: dict[str, Any], path: Path) -> None:
     """qvs_map.png: per regime (grid layout), S(Delta) of the near future (solid) and of the extrapolated future
-    (dashed) at each measured step, under the paper's V-hat (kl_exp), each curve scaled to its own maximum."""
+    (dashed) at each measured step, under the paper's V-hat (kl_exp)."""
     import matplotlib
 
     matplotlib.use("Agg")

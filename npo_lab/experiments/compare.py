@@ -155,33 +155,8 @@ def compare(
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc="compare", unit="step", disable=not show_progress, dynamic_ncols=True)
-    if workers == 1:
-        for job in jobs:
-            results += run_seed(job, _BarQueue(bar))
-    else:
-        ctx = mp.get_context("spawn")  # no fork after torch has started threads
-        with ctx.Manager() as manager:
-            q = manager.Queue()
-            # ProcessPoolExecutor's workers are not daemonic, so a backend may start processes of its own (the
-            # qwen-vl backend grades with math-verify in killable worker processes)
-            pool = ProcessPoolExecutor(workers, mp_context=ctx)
-            try:
-                pending = [pool.submit(run_seed, job, q) for job in jobs]
-                while not all(f.done() for f in pending):
-                    if any(f.done() and f.exception() is not None for f in pending):
-                        break  # a seed failed: report it now rather than after the others finish
-                    try:
-                        bar.update(q.get(timeout=0.2))
-                    except queue.Empty:
-                        pass
-                for f in pending:
-                    results += f.result()  # re-raises a worker's error here
-                pool.shutdown(wait=True)
-            except BaseException:
-                _terminate(pool)  # Ctrl-C, SIGTERM or a failed seed: stop every worker, leave no orphans
-                raise
-            while not q.empty():
-                bar.update(q.get())
+    for per_seed in run_jobs(run_seed, jobs, workers, bar):
+        results += per_seed
     bar.close()
     wall = time.perf_counter() - t0
     doc = aggregate(results, methods, target, target_fraction, n_boot)
@@ -192,6 +167,38 @@ def compare(
     plot_curves(doc, out / "curves.png")
     write_report(doc, out / "report.md", command, seeds, wall)
     return doc
+
+
+def run_jobs(fn: Callable[[Any, Any], Any], jobs: list[Any], workers: int, bar: Any) -> list[Any]:
+    """``fn(job, progress)`` for every job, in this process (``workers == 1``) or in ``workers`` spawned processes;
+    ``progress.put(n)`` from any of them advances ``bar``. Returns the results in job order. A failing job is reported
+    as soon as it fails, and on any error (or Ctrl-C, SIGTERM) every worker is stopped: none is left running."""
+    if workers == 1:
+        return [fn(job, _BarQueue(bar)) for job in jobs]
+    results = []
+    ctx = mp.get_context("spawn")  # no fork after torch has started threads
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        # ProcessPoolExecutor's workers are not daemonic, so a backend may start processes of its own (the
+        # qwen-vl backend grades with math-verify in killable worker processes)
+        pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        try:
+            pending = [pool.submit(fn, job, q) for job in jobs]
+            while not all(f.done() for f in pending):
+                if any(f.done() and f.exception() is not None for f in pending):
+                    break  # a job failed: report it now rather than after the others finish
+                try:
+                    bar.update(q.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+            results = [f.result() for f in pending]  # re-raises a worker's error here
+            pool.shutdown(wait=True)
+        except BaseException:
+            _terminate(pool)  # Ctrl-C, SIGTERM or a failed job: stop every worker, leave no orphans
+            raise
+        while not q.empty():
+            bar.update(q.get())
+    return results
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
